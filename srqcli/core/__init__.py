@@ -1,0 +1,1 @@
+"""Pure-torch quantization math: grids, the SRQ autograd function, DropBits."""

@@ -1,0 +1,1 @@
+"""Export of quantized models to ONNX and packed safetensors, and the bit-allocation report."""

@@ -1,0 +1,1 @@
+"""Quantizer modules, quantized layers and model surgery."""

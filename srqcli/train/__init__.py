@@ -1,0 +1,1 @@
+"""Fine-tuning loop, evaluation, calibration and checkpoints."""
