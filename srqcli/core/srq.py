@@ -1,0 +1,239 @@
+"""The Semi-Relaxed Quantization (SRQ) autograd function (method.md §2–4).
+
+Forward is the mode of RQ's categorical distribution over the grid, which for logistic
+noise is round-to-nearest and clip: ``x̂ = α·clamp(round(x/α), k_min, k_max)``. It equals
+the inference quantizer and ONNX ``QuantizeLinear``/``DequantizeLinear`` (round half to even).
+
+Backward is the multi-class straight-through estimator: the gradient of the surrogate
+``s = Σ_i (π_i/π_m)·α·k_i`` with ``π_i = P(x + ε ∈ bin_i)``, ``ε ~ Logistic(0, σ)``.
+
+Why the *edge form*. Writing ``F_j = sigmoid((α(j+½) - x)/σ)`` for the edge between codes
+``j`` and ``j+1``, Abel summation gives the exact identity
+
+    S := Σ_i k_i·π_i = k_max − Σ_j F_j
+
+so every derivative of ``s`` is a sum over bin *edges* of terms in
+``φ_j = F_j(1−F_j)``, which decay like ``exp(−distance/σ)``. We evaluate the sums only over
+the ``2w+2`` edges around the mode ``m`` and count the edges further above as ``F = 1``
+(further below, ``F = 0``).
+Unlike truncating ``Σ_i r_i α k_i`` to a window (whose error grows with ``|k|`` at the window
+ends), the truncation error here is independent of the code, so one window size serves all
+bit-widths: measured against the full-grid autograd reference (``tests/core``) the relative
+error is < 1e-3 for ``w = 2`` up to σ = α/4 and for ``w = 3`` up to the σ cap α/2, and exact
+(≤ 1e-12 in float64) when the window covers the grid.
+
+Memory: the forward saves ``x`` (for weights the parameter itself; for activations the tensor
+the producing layer already keeps), never a tensor of size ``N·2^b``. The backward is one
+elementwise pass that ``torch.compile`` fuses into a single loop (see :func:`set_fused`).
+
+``π_m`` handling (``pi_mode``), see method.md §4:
+    ``"detach"`` (default): ``s = α·S/sg(π_m)``. The x-gradient is
+        ``α/(σ·π_m)·Σ_j φ_j > 0``: it never flips the sign of the upstream gradient.
+    ``"diff"``: ``s = α·S/π_m`` with ``π_m`` differentiated (the literal paper reading).
+    ``"centred"``: ``s = α·m + α·(S − m)/π_m`` (translation-invariant in ``m``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+PI_MODES = ("detach", "diff", "centred")
+
+#: Smallest ``π_m`` used in a division. With ``σ ≤ α/2`` the mode's probability is never
+#: below ``sigmoid(1) − sigmoid(−1) ≈ 0.46``; the guard only matters for extreme inputs.
+_PI_FLOOR = 1e-6
+
+
+def default_window(sigma_over_alpha: float) -> int:
+    """Half-width ``w`` of the edge window for the current (largest) ``σ/α``.
+
+    Chosen from the truncation error measured against the full-grid reference
+    (``tests/core/test_srq.py::test_default_window_truncation``): w=2 is < 1e-3 up to
+    σ = α/4, w=3 is < 1e-3 up to the cap σ = α/2.
+    """
+    return 2 if sigma_over_alpha <= 0.25 else 3
+
+
+def srq_forward_codes(x: Tensor, alpha: Tensor, kmin: Tensor | int, kmax: Tensor | int) -> Tensor:
+    """Integer codes (as floats) of the SRQ forward: ``clamp(round(x/α), k_min, k_max)``."""
+    return torch.clamp(torch.round(x / alpha), kmin, kmax)
+
+
+def _edge_sums(x: Tensor, alpha: Tensor, sigma: Tensor, m: Tensor,
+               kmin: Tensor | int, kmax: Tensor | int, w: int) -> tuple[Tensor, ...]:
+    """Sums over the 2w+2 edges around ``m`` needed by every gradient of the surrogate.
+
+    Returns ``S``, ``S_x``, ``S_σ``, ``S_α`` (value and partial derivatives of
+    ``S = Σ_i k_i π_i``), and ``π_m`` with its partials ``P_x``, ``P_σ``, ``P_α``.
+    Edge ``j`` lies between codes ``j`` and ``j+1`` at ``α(j+½)``; it exists iff
+    ``k_min ≤ j < k_max``.
+    """
+    inv_sigma = 1.0 / sigma
+    sum_f = torch.zeros_like(x)
+    sum_phi = torch.zeros_like(x)
+    sum_phi_a = torch.zeros_like(x)
+    sum_phi_c = torch.zeros_like(x)
+    f_up = f_lo = phi_up = phi_lo = phi_a_up = phi_a_lo = phi_c_up = phi_c_lo = None
+    for off in range(-w - 1, w + 1):
+        j = m + off
+        valid = (j >= kmin) & (j < kmax)
+        c = j + 0.5
+        a = (alpha * c - x) * inv_sigma
+        f = torch.sigmoid(a)
+        phi = torch.where(valid, f * (1.0 - f), 0.0)
+        f = torch.where(valid, f, 0.0)
+        sum_f = sum_f + f
+        sum_phi = sum_phi + phi
+        sum_phi_a = sum_phi_a + phi * a
+        sum_phi_c = sum_phi_c + phi * c
+        if off == 0:  # upper edge of the mode's bin (absent at k_max: F = 1)
+            f_up = torch.where(valid, f, 1.0)
+            phi_up, phi_a_up, phi_c_up = phi, phi * a, phi * c
+        elif off == -1:  # lower edge (absent at k_min: F = 0)
+            f_lo = f
+            phi_lo, phi_a_lo, phi_c_lo = phi, phi * a, phi * c
+    # Edges above the window have F ≈ 1 (those below, F ≈ 0): max(0, k_max−1−m−w) of them.
+    above = torch.clamp(kmax - 1 - m - w, min=0)
+    s = kmax - above - sum_f
+    s_x = sum_phi * inv_sigma
+    s_sigma = sum_phi_a * inv_sigma
+    s_alpha = -sum_phi_c * inv_sigma
+    pi_m = f_up - f_lo
+    p_x = -(phi_up - phi_lo) * inv_sigma
+    p_sigma = -(phi_a_up - phi_a_lo) * inv_sigma
+    p_alpha = (phi_c_up - phi_c_lo) * inv_sigma
+    return s, s_x, s_sigma, s_alpha, pi_m, p_x, p_sigma, p_alpha
+
+
+def srq_backward_math(grad: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor,
+                      kmin: Tensor | int, kmax: Tensor | int, w: int,
+                      pi_mode: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Elementwise gradients of the windowed surrogate w.r.t. ``x``, ``α`` and ``σ``.
+
+    Pure elementwise math (no reductions) so that ``torch.compile`` fuses it into one loop;
+    the caller reduces the α/σ terms to their parameter shapes.
+    """
+    m = srq_forward_codes(x, alpha, kmin, kmax)
+    s, s_x, s_sigma, s_alpha, pi_m, p_x, p_sigma, p_alpha = _edge_sums(
+        x, alpha, sigma, m, kmin, kmax, w)
+    pi_m = torch.clamp(pi_m, min=_PI_FLOOR)
+    scale = alpha / pi_m
+    if pi_mode == "detach":
+        d_x = scale * s_x
+        d_sigma = scale * s_sigma
+        d_alpha = s / pi_m + scale * s_alpha
+    else:
+        # Both remaining forms are α·(S − c)/π_m (+ α·c): c = 0 ("diff") or c = m ("centred").
+        centre = m if pi_mode == "centred" else torch.zeros_like(m)
+        rest = (s - centre) / pi_m
+        d_x = scale * (s_x - rest * p_x)
+        d_sigma = scale * (s_sigma - rest * p_sigma)
+        d_alpha = centre + rest + scale * (s_alpha - rest * p_alpha)
+    return grad * d_x, grad * d_alpha, grad * d_sigma
+
+
+_eager_backward: Callable[..., tuple[Tensor, Tensor, Tensor]] = srq_backward_math
+_compiled_backward: Callable[..., tuple[Tensor, Tensor, Tensor]] | None = None
+_use_fused = os.environ.get("SRQ_FUSED", "1") != "0"
+
+
+def set_fused(enabled: bool) -> None:
+    """Use the ``torch.compile``-fused backward (default) or the eager one.
+
+    Eager runs the 2w+2-edge loop as separate kernels (5–6× float step time on CPU in the
+    prototype); fused it is one pass. Tests of the math use eager to stay fast to start.
+    """
+    global _use_fused
+    _use_fused = enabled
+
+
+def _backward_impl() -> Callable[..., tuple[Tensor, Tensor, Tensor]]:
+    global _compiled_backward
+    if not _use_fused:
+        return _eager_backward
+    if _compiled_backward is None:
+        _compiled_backward = torch.compile(srq_backward_math, dynamic=True, fullgraph=True)
+    return _compiled_backward
+
+
+def _reduce_to(t: Tensor, shape: torch.Size) -> Tensor:
+    """Sum a broadcast gradient back to a parameter's shape."""
+    return t.sum_to_size(shape) if t.shape != shape else t
+
+
+class _SRQFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: Tensor, sigma: Tensor, kmin: Tensor | int,
+                kmax: Tensor | int, window: int, pi_mode: str) -> Tensor:
+        ctx.save_for_backward(x, alpha, sigma,
+                              *(t for t in (kmin, kmax) if isinstance(t, Tensor)))
+        ctx.kmin_t = isinstance(kmin, Tensor)
+        ctx.kmax_t = isinstance(kmax, Tensor)
+        ctx.kmin, ctx.kmax = (None if ctx.kmin_t else kmin), (None if ctx.kmax_t else kmax)
+        ctx.window, ctx.pi_mode = window, pi_mode
+        return srq_forward_codes(x, alpha, kmin, kmax) * alpha
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, alpha, sigma, *bounds = ctx.saved_tensors
+        kmin = bounds.pop(0) if ctx.kmin_t else ctx.kmin
+        kmax = bounds.pop(0) if ctx.kmax_t else ctx.kmax
+        g_x, g_alpha, g_sigma = _backward_impl()(
+            grad.contiguous(), x, alpha, sigma, kmin, kmax, ctx.window, ctx.pi_mode)
+        return (g_x, _reduce_to(g_alpha, alpha.shape), _reduce_to(g_sigma, sigma.shape),
+                None, None, None, None)
+
+
+def srq_quantize(x: Tensor, alpha: Tensor, sigma: Tensor, kmin: Tensor | int,
+                 kmax: Tensor | int, *, window: int | None = None,
+                 pi_mode: str = "detach") -> Tensor:
+    """SRQ fake-quantization ``α·clamp(round(x/α), k_min, k_max)`` with the SRQ backward.
+
+    Args:
+        x: tensor to quantize.
+        alpha: step, positive, broadcastable to ``x`` (scalar or per-channel).
+        sigma: logistic noise scale, positive, same shape as ``alpha``.
+        kmin, kmax: grid bounds; ints, or integer-valued float tensors broadcastable to
+            ``x`` (per-element bounds are how DropBits' top-bit variant narrows the grid).
+        window: edge-window half-width ``w``; ``None`` picks it from ``max(σ/α)``.
+        pi_mode: ``"detach"`` | ``"diff"`` | ``"centred"`` (module docstring).
+    """
+    if pi_mode not in PI_MODES:
+        raise ValueError(f"pi_mode must be one of {PI_MODES}, got {pi_mode!r}")
+    if window is None:
+        window = default_window(float((sigma / alpha).detach().max()))
+    return _SRQFunction.apply(x, alpha, sigma, kmin, kmax, window, pi_mode)
+
+
+def full_grid_surrogate(x: Tensor, alpha: Tensor, sigma: Tensor, kmin: int, kmax: int,
+                        pi_mode: str = "detach") -> Tensor:
+    """Slow reference: SRQ with the surrogate built over *every* grid point by autograd.
+
+    Materialises ``π`` of shape ``x.shape + (2^b,)``, the memory blow-up the windowed function
+    avoids; used by tests and by the naive baseline in ``benchmarks/``. Value equals the SRQ
+    forward; gradients are those of ``Σ_i r_i α k_i`` (or its centred form).
+    """
+    k = torch.arange(kmin, kmax + 1, dtype=x.dtype, device=x.device)
+    xe = x.unsqueeze(-1)
+    ae = alpha.unsqueeze(-1) if alpha.dim() else alpha
+    se = sigma.unsqueeze(-1) if sigma.dim() else sigma
+    upper = torch.sigmoid((ae * (k + 0.5) - xe) / se)
+    lower = torch.sigmoid((ae * (k - 0.5) - xe) / se)
+    upper = torch.where(k == kmax, torch.ones_like(upper), upper)
+    lower = torch.where(k == kmin, torch.zeros_like(lower), lower)
+    pi = upper - lower
+    m = torch.clamp(torch.round(x / alpha), kmin, kmax)
+    onehot = (k == m.unsqueeze(-1)).to(x.dtype)
+    pi_m = (pi * onehot).sum(-1, keepdim=True)
+    if pi_mode == "detach":
+        pi_m = pi_m.detach()
+    r = pi / pi_m
+    if pi_mode == "centred":
+        surrogate = alpha * m + (r * ae * (k - m.unsqueeze(-1))).sum(-1)
+    else:
+        surrogate = (r * ae * k).sum(-1)
+    return surrogate + (alpha * m - surrogate).detach()

@@ -1,0 +1,182 @@
+"""Model surgery: put SRQ quantizers on every Conv2d and Linear, calibrated on the float net.
+
+One place decides which layers are quantized and with how many bits (method.md §7):
+every Conv2d (grouped and depthwise included) and Linear gets a weight quantizer and an
+input-activation quantizer; the network input uses ``input_bits`` (8); ``skip`` patterns leave
+layers float; ``first_last_bits`` keeps the first and last layer (execution order) at a given
+width (the LSQ protocol); ``layers`` patterns set per-layer bits (later patterns win).
+
+Steps are initialised from the *float* network (method.md §4: calibrating with quantizers
+already active zeroes 2-bit weights): activation samples are collected with hooks on the float
+layers before they are swapped for quantized ones.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from srqcli.config import QuantConfig
+from srqcli.errors import SrqError
+from srqcli.nn.layers import QUANT_LAYERS, QuantConv2d, QuantLinear, is_quant_layer
+from srqcli.nn.quantizer import SRQQuantizer
+
+#: Activation values kept per layer and batch for the step search (a uniform subsample).
+_SAMPLES_PER_BATCH = 1 << 16
+
+
+@dataclass(frozen=True)
+class LayerBits:
+    """Bit-widths chosen for one layer."""
+
+    name: str
+    weight_bits: int
+    act_bits: int
+
+
+def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Float Conv2d/Linear layers (exact registry types) in definition order."""
+    return [(n, m) for n, m in model.named_modules() if type(m) in QUANT_LAYERS]
+
+
+def quant_layers(model: nn.Module) -> Iterator[tuple[str, QuantConv2d | QuantLinear]]:
+    """Quantized layers of a model after surgery."""
+    for name, module in model.named_modules():
+        if is_quant_layer(module):
+            yield name, module  # type: ignore[misc]
+
+
+def _matches(name: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def plan_bits(names_in_order: list[str], cfg: QuantConfig) -> list[LayerBits]:
+    """Bits of each quantized layer; ``names_in_order`` is the execution order."""
+    kept = [n for n in names_in_order if not any(_matches(n, p) for p in cfg.skip)]
+    if not kept:
+        raise SrqError("every Conv2d/Linear layer is excluded by --skip: nothing to quantize")
+    known = set(names_in_order)
+    for pattern in cfg.layers:
+        if not any(_matches(n, pattern) for n in known):
+            raise SrqError(f"per-layer bits: pattern {pattern!r} matches no Conv2d/Linear layer "
+                           f"(layers: {', '.join(names_in_order[:6])}{', …' if len(known) > 6 else ''})")
+    plan = []
+    for i, name in enumerate(kept):
+        wb, ab = cfg.weight_bits, cfg.act_bits
+        if cfg.first_last_bits is not None and i in (0, len(kept) - 1):
+            wb = ab = cfg.first_last_bits
+        for pattern, bits in cfg.layers.items():
+            if _matches(name, pattern):
+                wb = bits.get("weight_bits", wb)
+                ab = bits.get("act_bits", ab)
+        if i == 0:
+            ab = cfg.input_bits if name == names_in_order[0] else ab
+        plan.append(LayerBits(name, wb, ab))
+    return plan
+
+
+class _ActivationSampler:
+    """Forward pre-hooks collecting input samples of float layers, in execution order."""
+
+    def __init__(self, layers: Iterable[tuple[str, nn.Module]], seed: int) -> None:
+        self.samples: dict[str, list[Tensor]] = {}
+        self.order: list[str] = []
+        self.generator = torch.Generator().manual_seed(seed)
+        self.handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in layers]
+
+    def _hook(self, name: str):
+        def hook(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
+            x = args[0].detach().float().flatten().cpu()
+            if name not in self.samples:
+                self.samples[name] = []
+                self.order.append(name)
+            if x.numel() > _SAMPLES_PER_BATCH:
+                idx = torch.randint(x.numel(), (_SAMPLES_PER_BATCH,), generator=self.generator)
+                x = x[idx]
+            self.samples[name].append(x)
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@torch.no_grad()
+def collect_activations(model: nn.Module, batches: Iterable[Tensor], seed: int = 0
+                        ) -> tuple[list[str], dict[str, Tensor]]:
+    """Run ``batches`` through the float ``model``; return layer execution order and samples."""
+    layers = quantizable_layers(model)
+    sampler = _ActivationSampler(layers, seed)
+    was_training = model.training
+    model.eval()
+    try:
+        ran = False
+        for x in batches:
+            model(x)
+            ran = True
+    finally:
+        sampler.remove()
+        model.train(was_training)
+    if not ran:
+        raise SrqError("no calibration batches: the training data is empty")
+    unused = [n for n, _ in layers if n not in sampler.samples]
+    order = sampler.order + unused  # layers never called keep definition order at the end
+    return order, {n: torch.cat(v) for n, v in sampler.samples.items()}
+
+
+def _make_quantizer(bits: int, signed: bool | None, cfg: QuantConfig, channels: int | None,
+                    dims: int) -> SRQQuantizer:
+    return SRQQuantizer(bits, signed, channels=channels, dims=dims, pi_mode=cfg.pi_mode,
+                        window=cfg.window, sigma_init=cfg.sigma_init)
+
+
+def attach_quantizers(model: nn.Module, plan: list[LayerBits], cfg: QuantConfig) -> nn.Module:
+    """Swap planned float layers for quantized ones in place (uncalibrated quantizers)."""
+    modules = dict(model.named_modules())
+    for lb in plan:
+        layer = modules[lb.name]
+        qcls = QUANT_LAYERS[type(layer)]
+        layer.__class__ = qcls  # same parameters and buffers; only forward changes
+        channels = layer.weight.shape[0] if cfg.per_channel else None
+        layer.weight_quant = _make_quantizer(lb.weight_bits, True, cfg, channels, layer.weight.dim())
+        layer.input_quant = _make_quantizer(lb.act_bits, None, cfg, None, 1)
+    return model
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, cfg: QuantConfig, calib_batches: Iterable[Tensor],
+                   seed: int = 0) -> tuple[nn.Module, list[LayerBits]]:
+    """Calibrate on the float ``model``, then attach and initialise SRQ quantizers in place."""
+    order, samples = collect_activations(model, calib_batches, seed)
+    plan = plan_bits(order, cfg)
+    attach_quantizers(model, plan, cfg)
+    modules = dict(model.named_modules())
+    for lb in plan:
+        layer = modules[lb.name]
+        layer.weight_quant.init_step(layer.weight)
+        acts = samples.get(lb.name)
+        if acts is None:
+            raise SrqError(f"layer {lb.name} was never called during calibration; skip it with --skip")
+        layer.input_quant.init_step(acts)
+    return model, plan
+
+
+def rebuild_quantized(model: nn.Module, plan: list[LayerBits], cfg: QuantConfig) -> nn.Module:
+    """Re-create the quantized structure of a saved model (steps come from its state_dict)."""
+    return attach_quantizers(model, plan, cfg)
+
+
+def quantizer_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """``log α``/``log σ`` of all quantizers (they get their own learning rate)."""
+    return [p for m in model.modules() if isinstance(m, SRQQuantizer) for p in m.parameters()]
+
+
+def project_quantizers_(model: nn.Module) -> None:
+    """Apply each quantizer's parameter constraints after an optimizer step."""
+    for m in model.modules():
+        if isinstance(m, SRQQuantizer):
+            m.project_()
