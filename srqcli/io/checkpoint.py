@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -25,18 +24,16 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from srqcli.errors import SrqError
+from srqcli.errors import SrqError, short_reason
 
 # Keys under which training scripts commonly nest the weights, in order of preference: the
 # plain weights first, EMA weights only when nothing else is there.
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "ema")
 # Prefixes added by DistributedDataParallel and torch.compile that the bare model lacks.
 _KEY_PREFIXES = ("module.", "_orig_mod.")
-_REASON_MAX_CHARS = 150
 _NAMES_PER_CATEGORY = 3
 # The opcode every pickle of protocol >= 2 starts with; torch.save's legacy format is one.
 _PICKLE_PROTO = 0x80
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def read_state_dict(
@@ -61,7 +58,7 @@ def read_state_dict(
         try:
             loaded: object = safetensors.torch.load_file(file, device="cpu")
         except Exception as exc:  # the Rust loader raises its own exception types
-            reason = _short_reason(exc)
+            reason = short_reason(exc)
             raise SrqError(f"{file} is not a valid safetensors file: {reason}") from exc
     elif _is_torchscript(file):
         loaded = _load_torchscript(file)
@@ -183,7 +180,7 @@ def _torch_load(file: Path, *, trust_pickle: bool) -> object:
 
 def _unreadable(file: Path, exc: Exception) -> SrqError:
     """The error for a file no loader could make sense of, with torch's reason kept short."""
-    return SrqError(f"{file} is not a readable PyTorch checkpoint: {_short_reason(exc)}")
+    return SrqError(f"{file} is not a readable PyTorch checkpoint: {short_reason(exc)}")
 
 
 def _looks_like_pickle(file: Path) -> bool:
@@ -238,11 +235,3 @@ def _name_list(names: list[str]) -> str:
     """At most a few names, so one bad architecture does not print hundreds of keys."""
     shown = ", ".join(names[:_NAMES_PER_CATEGORY])
     return shown + ", …" if len(names) > _NAMES_PER_CATEGORY else shown
-
-
-def _short_reason(exc: BaseException) -> str:
-    """One short line from an exception whose text may be long, multi-line or ANSI-coloured."""
-    text = " ".join(_ANSI_ESCAPE.sub("", str(exc)).split()) or type(exc).__name__
-    if len(text) > _REASON_MAX_CHARS:
-        text = text[: _REASON_MAX_CHARS - 1].rstrip() + "…"
-    return text

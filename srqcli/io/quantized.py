@@ -1,0 +1,145 @@
+"""srq's own model files: quantized checkpoints and float snapshots, as safetensors.
+
+Both are plain tensors plus JSON metadata, so loading them never unpickles anything. The
+metadata says everything needed to rebuild the module tree: architecture, classes, input
+channels and size, the resolved recipe and, for quantized files, the per-layer bit plan.
+
+Format (``format = "srq.quantized"`` or ``"srq.float"``, ``format_version = 1``): tensor names
+are the model's ``state_dict`` keys; the quantizers add ``<layer>.weight_quant.log_alpha``,
+``log_sigma``, ``initialized``, ``signed_flag`` (and the same under ``input_quant``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from srqcli import __version__
+from srqcli.config import Recipe, recipe_from_dict
+from srqcli.errors import SrqError, short_reason
+from srqcli.io.atomic import atomic_path
+from srqcli.models import build_model
+from srqcli.nn.surgery import LayerBits, rebuild_quantized
+
+FORMAT_VERSION = 1
+QUANTIZED = "srq.quantized"
+FLOAT = "srq.float"
+
+
+@dataclass
+class ModelInfo:
+    """What is needed to rebuild a model, stored in every srq model file."""
+
+    arch: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    recipe: Recipe
+    plan: list[LayerBits] = field(default_factory=list)  # empty for float files
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def quantized(self) -> bool:
+        return bool(self.plan)
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "format": QUANTIZED if self.quantized else FLOAT,
+            "format_version": str(FORMAT_VERSION),
+            "srq_version": __version__,
+            "arch": self.arch,
+            "num_classes": str(self.num_classes),
+            "in_channels": str(self.in_channels),
+            "image_size": str(self.image_size),
+            "recipe": self.recipe.to_json(),
+            "plan": json.dumps([asdict(p) for p in self.plan]),
+            "normalization": json.dumps({"mean": list(self.mean), "std": list(self.std)}),
+            "metrics": json.dumps(self.metrics),
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], path: Path) -> ModelInfo:
+        if meta.get("format") not in (QUANTIZED, FLOAT):
+            raise SrqError(f"{path} is not an srq model file (no srq metadata); for float weights "
+                           "pass an architecture name and --checkpoint")
+        if int(meta.get("format_version", "0")) > FORMAT_VERSION:
+            raise SrqError(f"{path} was written by a newer srq (format {meta['format_version']}); upgrade srq")
+        try:
+            norm = json.loads(meta.get("normalization", "{}"))
+            return cls(
+                arch=meta["arch"], num_classes=int(meta["num_classes"]),
+                in_channels=int(meta["in_channels"]), image_size=int(meta["image_size"]),
+                recipe=recipe_from_dict(json.loads(meta["recipe"])),
+                plan=[LayerBits(**p) for p in json.loads(meta["plan"])],
+                mean=tuple(norm.get("mean", ())), std=tuple(norm.get("std", ())),
+                metrics=json.loads(meta.get("metrics", "{}")),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise SrqError(f"{path} has damaged srq metadata ({type(exc).__name__}: {exc})") from exc
+
+
+def save_model(path: str | os.PathLike, model: nn.Module, info: ModelInfo) -> None:
+    """Write ``model``'s tensors and ``info`` atomically as safetensors."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=info.metadata())
+
+
+def read_model_info(path: str | os.PathLike) -> ModelInfo:
+    """Read only the metadata of an srq model file."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SrqError(f"{path} is not a valid safetensors file: {short_reason(exc)}") from exc
+    return ModelInfo.from_metadata(meta, path)
+
+
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, ModelInfo]:
+    """Rebuild the model stored in an srq model file (quantized or float), in eval mode."""
+    path = Path(path)
+    info = read_model_info(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SrqError(f"{path} is not a valid safetensors file: {short_reason(exc)}") from exc
+    model = build_model(info.arch, info.num_classes, info.in_channels)
+    if info.quantized:
+        rebuild_quantized(model, info.plan, info.recipe.quant)
+    missing, unexpected = _diff_keys(model, tensors)
+    if missing or unexpected:
+        raise SrqError(f"{path} does not match its own metadata ({len(missing)} missing, "
+                       f"{len(unexpected)} unexpected tensors, e.g. {(missing + unexpected)[0]}): "
+                       "the file is damaged")
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise SrqError(f"{path} is damaged: tensor shapes do not match its metadata") from exc
+    return model.eval(), info
+
+
+def _diff_keys(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    expected = set(model.state_dict())
+    return sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise SrqError(f"model file not found: {path}")
+    if not path.is_file():
+        raise SrqError(f"{path} is not a file")
+

@@ -1,0 +1,107 @@
+"""ImageFolder datasets built from tiny PNGs, and source-path errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from srqcli.data import DataSpec, load_datasets
+from srqcli.errors import SrqError
+
+
+def write_images(folder: Path, count: int, mode: str = "RGB") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.new(mode, (20 + i, 18), color=40 * i if mode == "L" else (40 * i, 10, 200)).save(
+            folder / f"{i}.png"
+        )
+
+
+def make_tree(root: Path, train: dict[str, int], val: dict[str, int]) -> Path:
+    for split, classes in [("train", train), ("val", val)]:
+        for name, count in classes.items():
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            write_images(root / split / name, count, mode="L" if name == "gray" else "RGB")
+    return root
+
+
+def test_loads_classes_and_shapes(tmp_path: Path) -> None:
+    root = make_tree(tmp_path, {"cat": 3, "dog": 2, "gray": 2}, {"cat": 1, "dog": 1, "gray": 1})
+    bundle = load_datasets(DataSpec(str(root), image_size=16))
+    assert bundle.kind == "imagefolder"
+    assert bundle.class_names == ["cat", "dog", "gray"]
+    assert (bundle.num_classes, bundle.in_channels, bundle.image_size) == (3, 3, 16)
+    assert (len(bundle.train), len(bundle.val)) == (7, 3)
+    image, label = bundle.val[2]
+    assert image.shape == (3, 16, 16) and label == 2  # grayscale PNG converted to RGB
+    assert bundle.train[(0, 7)][0].shape == (3, 16, 16)
+
+
+def test_default_sizes(tmp_path: Path) -> None:
+    root = make_tree(tmp_path, {"a": 1, "b": 1}, {"a": 1, "b": 1})
+    bundle = load_datasets(DataSpec(str(root)))
+    assert bundle.image_size == 224 and bundle.val[0][0].shape == (3, 224, 224)
+
+
+def test_empty_class_folder_is_allowed(tmp_path: Path) -> None:
+    root = make_tree(tmp_path, {"a": 2, "b": 1, "c": 0}, {"a": 1, "b": 1, "c": 0})
+    assert load_datasets(DataSpec(str(root), image_size=8)).num_classes == 3
+
+
+def test_val_without_images(tmp_path: Path) -> None:
+    root = make_tree(tmp_path, {"a": 2, "b": 1}, {"a": 0, "b": 0})
+    with pytest.raises(SrqError, match=r"val has no images"):
+        load_datasets(DataSpec(str(root)))
+
+
+def test_missing_val(tmp_path: Path) -> None:
+    write_images(tmp_path / "train" / "a", 1)
+    write_images(tmp_path / "train" / "b", 1)
+    with pytest.raises(SrqError, match=r"val is missing; expected .*/train/<class>/"):
+        load_datasets(DataSpec(str(tmp_path)))
+
+
+def test_split_without_class_folders(tmp_path: Path) -> None:
+    make_tree(tmp_path, {"a": 1, "b": 1}, {})
+    (tmp_path / "val").mkdir()
+    with pytest.raises(SrqError, match="val has no class folders"):
+        load_datasets(DataSpec(str(tmp_path)))
+
+
+def test_class_lists_must_match(tmp_path: Path) -> None:
+    root = make_tree(tmp_path, {"a": 1, "b": 1}, {"a": 1, "c": 1})
+    with pytest.raises(SrqError, match="only in train: b; only in val: c"):
+        load_datasets(DataSpec(str(root)))
+
+
+def test_single_class(tmp_path: Path) -> None:
+    root = make_tree(tmp_path, {"a": 2}, {"a": 1})
+    with pytest.raises(SrqError, match="only one class"):
+        load_datasets(DataSpec(str(root)))
+
+
+def test_resize_smaller_than_crop(tmp_path: Path) -> None:
+    root = make_tree(tmp_path, {"a": 1, "b": 1}, {"a": 1, "b": 1})
+    with pytest.raises(SrqError, match="resize size 20 is smaller than image size 32"):
+        load_datasets(DataSpec(str(root), image_size=32, resize_size=20))
+
+
+def test_nonexistent_source(tmp_path: Path) -> None:
+    with pytest.raises(SrqError, match="does not exist"):
+        load_datasets(DataSpec(str(tmp_path / "nope")))
+
+
+def test_source_is_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"x")
+    with pytest.raises(SrqError, match="is a file"):
+        load_datasets(DataSpec(str(path)))
+
+
+def test_unrecognized_directory(tmp_path: Path) -> None:
+    (tmp_path / "stuff").mkdir()
+    with pytest.raises(SrqError, match="neither an IDX dataset .* nor an ImageFolder dataset") as info:
+        load_datasets(DataSpec(str(tmp_path)))
+    assert "\n" not in str(info.value)
