@@ -156,6 +156,9 @@ def _backward_impl() -> Callable[..., tuple[Tensor, Tensor, Tensor]]:
     if not _use_fused:
         return _eager_backward
     if _compiled_backward is None:
+        # One specialisation per (window, π mode, scalar/tensor bounds, α rank): a model has
+        # a handful, more than dynamo's default limit of 8 per function.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         _compiled_backward = torch.compile(srq_backward_math, dynamic=True, fullgraph=True)
     return _compiled_backward
 

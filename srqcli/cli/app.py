@@ -1,0 +1,72 @@
+"""The Typer application object, shared options and the one-line error handling.
+
+Every user error surfaces as one line on stderr (``error: …``) and exit code 2; progress goes
+to stderr and results (tables, JSON) to stdout so they can be piped.
+"""
+
+from __future__ import annotations
+
+import functools
+from enum import Enum
+from typing import Annotated, Any, Callable
+
+import typer
+from rich.console import Console
+
+from srqcli import __version__
+from srqcli.errors import SrqError
+
+app = typer.Typer(
+    name="srq",
+    help="Semi-Relaxed Quantization (SRQ) + DropBits: 2–4-bit quantization of PyTorch vision models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+class DropBitsVariant(str, Enum):
+    none = "none"
+    top = "top"
+    lsb = "lsb"
+    mask = "mask"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn :class:`SrqError` into a one-line message and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SrqError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]: partial outputs were not written; "
+                              "continue a quantize run with --resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        out_console.print(f"srq {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """srq: quantize, evaluate and export low-bit vision models."""

@@ -1,0 +1,43 @@
+"""``srq eval``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from srqcli.cli.app import Device, app, err_console, out_console, user_errors
+
+@app.command("eval")
+@user_errors
+def eval_command(
+    target: Annotated[str, typer.Argument(help="Run folder, srq .safetensors file, or an architecture name (with --checkpoint).")],
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Dataset (default: the one the run used).")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Float weights for an architecture name.")] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="Classes (default: from the data).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 256,
+    workers: Annotated[int, typer.Option(help="Data loader workers.")] = 0,
+    device: Annotated[Device, typer.Option(help="Device.")] = Device.auto,
+    trust_pickle: Annotated[bool, typer.Option(help="Allow unpickling a checkpoint (runs code from the file!).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Top-1, top-5, loss and images/s of a model on the held-out split."""
+    from srqcli.workflow.evaluate import run_eval
+
+    res = run_eval(target, data=data, checkpoint=checkpoint, num_classes=num_classes,
+                   batch_size=batch_size, workers=workers, device=device.value,
+                   trust_pickle=trust_pickle, console=err_console, show_progress=not quiet)
+    m = res.metrics
+    if as_json:
+        out_console.print_json(json.dumps({"target": res.target, "kind": res.kind, "data": res.data,
+                                           **m.to_dict()}))
+        return
+    table = Table(title=f"srq eval: {res.target} ({res.kind})")
+    for col in ("top-1", "top-5", "loss", "images", "img/s"):
+        table.add_column(col, justify="right")
+    table.add_row(f"{m.top1:.2f}%", f"{m.top5:.2f}%", f"{m.loss:.4f}", str(m.images), f"{m.images_per_s:,.0f}")
+    out_console.print(table)
+    out_console.print(f"[dim]{res.data}[/]")

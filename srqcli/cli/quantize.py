@@ -1,0 +1,111 @@
+"""``srq quantize``."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from srqcli.cli.app import Device, DropBitsVariant, app, err_console, out_console, user_errors
+from srqcli.config import Recipe, apply_overrides, load_recipe
+from srqcli.errors import SrqError
+
+def read_bit_config(path: Path) -> dict[str, dict[str, int]]:
+    """Per-layer bits from a TOML file: ``[layers]`` with ``"name" = {weight_bits=…, act_bits=…}``."""
+    if not path.is_file():
+        raise SrqError(f"bit config not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SrqError(f"bit config {path} is not valid TOML: {exc}") from exc
+    layers = data.get("layers")
+    if not isinstance(layers, dict) or not layers:
+        raise SrqError(f"bit config {path} needs a [layers] table: \"name\" = {{ weight_bits = 3 }}")
+    for name, bits in layers.items():
+        if not isinstance(bits, dict):
+            raise SrqError(f"bit config {path}: layers.{name} must be a table like {{ weight_bits = 3 }}")
+    return layers
+
+
+@app.command()
+@user_errors
+def quantize(
+    model: Annotated[str, typer.Argument(help="Architecture (resnet20, lenet5, resnet18, mobilenet_v2, …) or 'example' for the built-in demo.")],
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Float weights: state_dict .pt/.pth, .safetensors or TorchScript.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="ImageFolder (train/, val/), IDX folder, or 'example'.")] = None,
+    recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe TOML file or built-in name (srq recipes).")] = None,
+    bits: Annotated[Optional[int], typer.Option("--bits", "-b", help="Weight and activation bits (2–8).")] = None,
+    weight_bits: Annotated[Optional[int], typer.Option(help="Weight bits (overrides --bits).")] = None,
+    act_bits: Annotated[Optional[int], typer.Option(help="Activation bits (overrides --bits).")] = None,
+    first_last_bits: Annotated[Optional[int], typer.Option(help="Bits of the first and last layer (e.g. 8, the LSQ protocol).")] = None,
+    skip: Annotated[Optional[list[str]], typer.Option(help="Leave layers matching this pattern float (repeatable).")] = None,
+    bit_config: Annotated[Optional[Path], typer.Option(help="Per-layer bits TOML ([layers] \"name\" = {weight_bits=…}).")] = None,
+    per_channel: Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help="Per-output-channel weight steps.")] = None,
+    dropbits: Annotated[Optional[DropBitsVariant], typer.Option(help="DropBits variant.")] = None,
+    drop_rate: Annotated[Optional[float], typer.Option(help="DropBits rate p.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Fine-tuning epochs.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate of the weights.")] = None,
+    quant_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the quantizer steps.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Data loader workers.")] = None,
+    calib_batches: Annotated[Optional[int], typer.Option(help="Batches used to initialise activation steps.")] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="Classes of the model (default: from the data).")] = None,
+    pretrain_epochs: Annotated[Optional[int], typer.Option(help="Train the float model first for N epochs (when no checkpoint).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    device: Annotated[Optional[Device], typer.Option(help="Device.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default runs/ARCH-wWaA).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
+    trust_pickle: Annotated[bool, typer.Option(help="Allow unpickling a checkpoint (runs code from the file!).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Quantize a pretrained model with SRQ + DropBits, fine-tune, evaluate and save it."""
+    from srqcli.workflow.quantize import run_quantize
+
+    base = load_recipe(recipe) if recipe else (load_recipe("example") if model == "example" else Recipe())
+    if model != "example":
+        base.model.arch = model
+    layers = read_bit_config(bit_config) if bit_config else None
+    cfg = apply_overrides(base, {
+        "model.checkpoint": checkpoint, "model.num_classes": num_classes,
+        "model.pretrain_epochs": pretrain_epochs,
+        "data.source": data, "data.batch_size": batch_size, "data.workers": workers,
+        "data.calib_batches": calib_batches,
+        "quant.weight_bits": weight_bits if weight_bits is not None else bits,
+        "quant.act_bits": act_bits if act_bits is not None else bits,
+        "quant.first_last_bits": first_last_bits, "quant.skip": skip or None,
+        "quant.per_channel": per_channel, "quant.layers": layers,
+        "dropbits.variant": dropbits.value if dropbits else None, "dropbits.rate": drop_rate,
+        "train.epochs": epochs, "train.lr": lr, "train.quant_lr": quant_lr, "train.seed": seed,
+        "train.device": device.value if device else None,
+    })
+    if out is None:
+        out = Path("runs") / f"{cfg.model.arch}-w{cfg.quant.weight_bits}a{cfg.quant.act_bits}"
+    result = run_quantize(cfg, out, resume=resume, overwrite=overwrite, trust_pickle=trust_pickle,
+                          console=err_console, show_progress=not quiet)
+    print_quantize_summary(result, cfg)
+
+
+def print_quantize_summary(result: Any, cfg: Recipe) -> None:
+    s = result.sizes
+    table = Table(title=f"srq quantize: {cfg.model.arch} on {cfg.data.source}", show_header=True)
+    table.add_column("")
+    table.add_column("float", justify="right")
+    table.add_column("srq", justify="right")
+    f, q = result.float_metrics, result.quant_metrics
+    table.add_row("top-1 (val)", f"{f.top1:.2f}%", f"{q.top1:.2f}%")
+    table.add_row("top-5 (val)", f"{f.top5:.2f}%", f"{q.top5:.2f}%")
+    table.add_row("loss (val)", f"{f.loss:.4f}", f"{q.loss:.4f}")
+    table.add_row("weight bits (avg)", "32", f"{s['avg_weight_bits']:.2f}")
+    acts = sorted({p.act_bits for p in result.plan})
+    table.add_row("activation bits", "32", "/".join(map(str, acts)))
+    table.add_row("size", _kib(s["float_bytes"]), f"{_kib(s['packed_bytes'])} ({s['compression']:.1f}× smaller)")
+    out_console.print(table)
+    out_console.print(f"saved [bold]{result.out / 'model.safetensors'}[/] (+ metrics.json, recipe.toml)")
+
+
+def _kib(n: float) -> str:
+    return f"{n / 1024:,.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):,.2f} MiB"

@@ -1,0 +1,1 @@
+"""Per-layer statistics and the bit-allocation report."""

@@ -1,0 +1,198 @@
+"""Training and evaluation loops shared by float pre-training and SRQ fine-tuning.
+
+Kept free of file I/O: the caller passes ``on_epoch_end`` to checkpoint, so the loop is the
+same for ``srq quantize``, benchmarks and tests.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from srqcli.config import TrainConfig
+from srqcli.errors import SrqError
+from srqcli.nn.surgery import project_quantizers_, quantizer_parameters
+from srqcli.train.progress import Reporter
+
+
+@dataclass
+class EvalMetrics:
+    """Classification metrics on a held-out split."""
+
+    top1: float  # percent
+    top5: float  # percent
+    loss: float
+    images: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, float]:
+        return {**asdict(self), "images_per_s": self.images_per_s}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SrqError("--device cuda was requested but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device, amp: bool):
+    """bfloat16 autocast on CUDA when ``amp``; quantizers compute in float32 regardless."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False,
+             reporter: Reporter | None = None, label: str = "eval") -> EvalMetrics:
+    """Top-1/top-5 accuracy and mean cross-entropy over ``loader``."""
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = seen = 0
+    loss_sum = 0.0
+    start = time.perf_counter()
+    task = reporter.start(label, len(loader)) if reporter else None
+    for images, labels in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits = model(images)
+        logits = logits.float()
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += int((top[:, 0] == labels).sum())
+        correct5 += int((top == labels[:, None]).any(dim=1).sum())
+        seen += labels.numel()
+        if reporter:
+            reporter.advance(task, acc=100.0 * correct1 / seen, images=seen,
+                             seconds=time.perf_counter() - start)
+    if reporter:
+        reporter.finish(task)
+    model.train(was_training)
+    if seen == 0:
+        raise SrqError("the validation split is empty")
+    return EvalMetrics(100.0 * correct1 / seen, 100.0 * correct5 / seen, loss_sum / seen, seen,
+                       time.perf_counter() - start)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float, steps: int
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Optimizer with a separate learning rate for quantizer parameters, and its schedule."""
+    qparams = quantizer_parameters(model)
+    qids = {id(p) for p in qparams}
+    weights = [p for p in model.parameters() if id(p) not in qids and p.requires_grad]
+    groups = [{"params": weights, "lr": lr}]
+    if qparams:
+        groups.append({"params": qparams, "lr": cfg.quant_lr, "weight_decay": 0.0})
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum,
+                                                     weight_decay=cfg.weight_decay, nesterov=True)
+    else:
+        opt = torch.optim.Adam(groups, lr=lr, weight_decay=cfg.weight_decay)
+    if cfg.schedule == "cosine":
+        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(steps, 1))))
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    return opt, sched
+
+
+@dataclass
+class EpochRecord:
+    """One line of the training history (saved in metrics.json and resume checkpoints)."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_top1: float
+    val_top5: float
+    val_loss: float
+    images_per_s: float
+    seconds: float
+
+
+def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device, *,
+                amp: bool, reporter: Reporter | None, label: str,
+                before_step: Callable[[float], None] | None = None) -> tuple[float, float, float, float]:
+    """One pass over ``loader``; returns (mean loss, accuracy %, images/s, seconds).
+
+    ``before_step(fraction_of_epoch_done)`` lets the caller anneal schedules (DropBits rate)
+    per step.
+    """
+    model.train()
+    loss_sum = 0.0
+    correct = seen = 0
+    start = time.perf_counter()
+    task = reporter.start(label, len(loader)) if reporter else None
+    for i, (images, labels) in enumerate(loader):
+        if before_step:
+            before_step(i / max(len(loader), 1))
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits = model(images)
+            loss = F.cross_entropy(logits.float(), labels)
+        if not torch.isfinite(loss):
+            raise SrqError("training diverged (loss is NaN/inf); lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        project_quantizers_(model)
+        loss_sum += float(loss) * labels.numel()
+        correct += int((logits.argmax(1) == labels).sum())
+        seen += labels.numel()
+        if reporter:
+            reporter.advance(task, loss=loss_sum / seen, acc=100.0 * correct / seen, images=seen,
+                             seconds=time.perf_counter() - start)
+    if reporter:
+        reporter.finish(task)
+    seconds = time.perf_counter() - start
+    if seen == 0:
+        raise SrqError("the training split has fewer samples than one batch")
+    return loss_sum / seen, 100.0 * correct / seen, seen / seconds, seconds
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device,
+                         batches: int, *, amp: bool = False) -> int:
+    """Recompute BatchNorm running statistics with the final (DropBits-free) quantizers.
+
+    Statistics gathered while DropBits perturbed the weights do not describe the deployed
+    network (the prototype lost up to 50 points at W2A2 without this step, method.md §5).
+    Uses a cumulative average over ``batches`` training batches. Returns batches used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or batches <= 0:
+        return 0
+    saved = [(bn.momentum, bn.training) for bn in bns]
+    model.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average
+        bn.train()
+    used = 0
+    for images, _ in loader:
+        if used >= batches:
+            break
+        with _autocast(device, amp):
+            model(images.to(device, non_blocking=True))
+        used += 1
+    for bn, (momentum, training) in zip(bns, saved):
+        bn.momentum = momentum
+        bn.train(training)
+    return used

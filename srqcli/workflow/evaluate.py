@@ -1,0 +1,89 @@
+"""``srq eval``: accuracy of a float model, an srq checkpoint or a run directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from torch import nn
+
+from srqcli.config import Recipe
+from srqcli.data import DataSpec, load_datasets, make_loaders
+from srqcli.errors import SrqError
+from srqcli.io.quantized import ModelInfo, load_model
+from srqcli.models import build_model
+from srqcli.train.loop import EvalMetrics, evaluate, resolve_device
+from srqcli.train.progress import Reporter
+from srqcli.workflow import rundir
+from srqcli.io.checkpoint import load_into, read_state_dict
+
+
+@dataclass
+class EvalResult:
+    target: str
+    kind: str  # "float" | "quantized"
+    data: str
+    metrics: EvalMetrics
+
+
+def resolve_target(target: str) -> Path | None:
+    """A run directory or srq model file, or ``None`` for an architecture name."""
+    path = Path(target)
+    if path.is_dir():
+        model = path / rundir.MODEL
+        if not model.is_file():
+            raise SrqError(f"{path} is not an srq run folder ({rundir.MODEL} not found)")
+        return model
+    if path.suffix in (".safetensors", ".onnx") or path.exists():
+        if not path.is_file():
+            raise SrqError(f"model file not found: {path}")
+        return path
+    return None
+
+
+def load_target(target: str, *, checkpoint: str | None, num_classes: int | None,
+                in_channels: int, trust_pickle: bool, data_classes: int) -> tuple[nn.Module, str]:
+    """Build the model to evaluate and say what kind it is."""
+    path = resolve_target(target)
+    if path is not None:
+        model, info = load_model(path)
+        return model, "quantized" if info.quantized else "float"
+    model = build_model(target, num_classes or data_classes, in_channels)
+    if checkpoint:
+        load_into(model, read_state_dict(checkpoint, trust_pickle=trust_pickle), arch=target)
+    else:
+        raise SrqError(f"{target!r} is an architecture name: pass its weights with --checkpoint")
+    return model, "float"
+
+
+def run_eval(target: str, *, data: str | None, checkpoint: str | None = None,
+             num_classes: int | None = None, batch_size: int = 256, workers: int = 0,
+             device: str = "auto", trust_pickle: bool = False, console: Console | None = None,
+             show_progress: bool = True) -> EvalResult:
+    """Evaluate ``target`` on the held-out split of ``data`` (defaults to the run's data)."""
+    console = console or Console(stderr=True)
+    path = resolve_target(target)
+    info: ModelInfo | None = None
+    if path is not None and path.suffix == ".safetensors":
+        from srqcli.io.quantized import read_model_info
+
+        info = read_model_info(path)
+    recipe = info.recipe if info else Recipe()
+    source = data or (info.recipe.data.source if info else None)
+    if source is None:
+        raise SrqError("pass --data DIR (an ImageFolder or IDX folder, or 'example')")
+    spec = DataSpec(source=source, batch_size=batch_size, workers=workers,
+                    image_size=info.image_size if info else recipe.data.image_size,
+                    resize_size=recipe.data.resize_size if info else None)
+    bundle = load_datasets(spec)
+    if info and info.num_classes != bundle.num_classes:
+        raise SrqError(f"the model has {info.num_classes} classes but {source} has {bundle.num_classes}")
+    dev = resolve_device(device)
+    model, kind = load_target(target, checkpoint=checkpoint, num_classes=num_classes,
+                              in_channels=bundle.in_channels, trust_pickle=trust_pickle,
+                              data_classes=bundle.num_classes)
+    _, val_loader = make_loaders(bundle, min(batch_size, len(bundle.train)), workers, seed=0)
+    with Reporter(console, enabled=show_progress) as reporter:
+        metrics = evaluate(model.to(dev), val_loader, dev, reporter=reporter, label="eval")
+    return EvalResult(target, kind, bundle.description, metrics)

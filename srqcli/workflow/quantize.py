@@ -1,0 +1,255 @@
+"""``srq quantize``: load a float model, insert SRQ quantizers, fine-tune, evaluate, save."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+
+from srqcli import __version__
+from srqcli.config import Recipe, to_toml
+from srqcli.data import DatasetBundle, DataSpec, load_datasets, make_loaders
+from srqcli.errors import SrqError
+from srqcli.io.atomic import atomic_path, write_text_atomic
+from srqcli.io.checkpoint import load_into, read_state_dict
+from srqcli.io.quantized import ModelInfo, load_model, save_model
+from srqcli.models import build_model
+from srqcli.nn.dropbits_schedule import DropBitsSchedule
+from srqcli.nn.surgery import LayerBits, attach_quantizers, quantize_model
+from srqcli.train.loop import (EpochRecord, EvalMetrics, build_optimizer, evaluate,
+                               reestimate_batchnorm, resolve_device, train_epoch)
+from srqcli.train.progress import Reporter
+from srqcli.workflow import rundir
+from srqcli.report.stats import model_totals
+
+
+@dataclass
+class QuantizeResult:
+    """What a quantize run produced (also written to ``metrics.json``)."""
+
+    out: Path
+    float_metrics: EvalMetrics
+    quant_metrics: EvalMetrics
+    plan: list[LayerBits]
+    history: list[EpochRecord] = field(default_factory=list)
+    sizes: dict[str, float] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices) for reproducible runs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def data_spec(recipe: Recipe) -> DataSpec:
+    d = recipe.data
+    return DataSpec(source=d.source, batch_size=d.batch_size, workers=d.workers,
+                    image_size=d.image_size, resize_size=d.resize_size,
+                    train_limit=d.train_limit, val_limit=d.val_limit)
+
+
+def build_float_model(recipe: Recipe, data: DatasetBundle, *, trust_pickle: bool) -> nn.Module:
+    """The architecture from the recipe, with the checkpoint's weights when one is given."""
+    m = recipe.model
+    num_classes = m.num_classes or data.num_classes
+    in_channels = m.in_channels or data.in_channels
+    if num_classes != data.num_classes:
+        raise SrqError(f"the model has {num_classes} classes but the data has {data.num_classes}; "
+                       "fix --num-classes or the data folder")
+    if in_channels != data.in_channels:
+        raise SrqError(f"the model takes {in_channels} input channels but the data has {data.in_channels}")
+    model = build_model(m.arch, num_classes, in_channels)
+    if m.checkpoint:
+        load_into(model, read_state_dict(m.checkpoint, trust_pickle=trust_pickle), arch=m.arch)
+    return model
+
+
+def _calibration_batches(loader, count: int, device: torch.device):
+    for i, (images, _) in enumerate(loader):
+        if i >= count:
+            break
+        yield images.to(device)
+
+
+class _Job:
+    """State shared by the steps of one quantize run."""
+
+    def __init__(self, recipe: Recipe, out: Path, console: Console, reporter: Reporter) -> None:
+        self.recipe, self.out, self.console, self.reporter = recipe, out, console, reporter
+        self.device = resolve_device(recipe.train.device)
+        self.amp = recipe.train.amp
+        seed_everything(recipe.train.seed)
+        self.data = load_datasets(data_spec(recipe))
+        self.train_loader, self.val_loader = make_loaders(
+            self.data, recipe.data.batch_size, recipe.data.workers, recipe.train.seed)
+        console.print(f"[dim]data:[/] {self.data.description}")
+
+    def info(self, plan: list[LayerBits], metrics: dict[str, Any] | None = None) -> ModelInfo:
+        m = self.recipe.model
+        return ModelInfo(arch=m.arch, num_classes=m.num_classes or self.data.num_classes,
+                         in_channels=m.in_channels or self.data.in_channels,
+                         image_size=self.data.image_size, recipe=self.recipe, plan=plan,
+                         mean=self.data.mean, std=self.data.std, metrics=metrics or {})
+
+    def fit(self, model: nn.Module, epochs: int, lr: float, label: str, *, start_epoch: int = 0,
+            resume_state: dict[str, Any] | None = None, schedule: DropBitsSchedule | None = None,
+            on_epoch_end=None) -> list[EpochRecord]:
+        """Train ``epochs`` epochs (continuing from ``resume_state`` when given)."""
+        steps = epochs * len(self.train_loader)
+        optimizer, scheduler = build_optimizer(model, self.recipe.train, lr, steps)
+        history: list[EpochRecord] = []
+        if resume_state is not None:
+            optimizer.load_state_dict(resume_state["optimizer"])
+            scheduler.load_state_dict(resume_state["scheduler"])
+            history = [EpochRecord(**h) for h in resume_state["history"]]
+        for epoch in range(start_epoch, epochs):
+            self.train_loader.sampler.set_epoch(epoch)
+            hook = schedule.hook(epoch, epochs) if schedule else None
+            loss, acc, ips, secs = train_epoch(
+                model, self.train_loader, optimizer, scheduler, self.device, amp=self.amp,
+                reporter=self.reporter, label=f"{label} {epoch + 1}/{epochs}", before_step=hook)
+            val = evaluate(model, self.val_loader, self.device, amp=self.amp,
+                           reporter=self.reporter, label="  val")
+            history.append(EpochRecord(epoch + 1, loss, acc, val.top1, val.top5, val.loss, ips, secs))
+            self.console.print(f"  epoch {epoch + 1}: train loss {loss:.4f}, val top-1 {val.top1:.2f}%")
+            if on_epoch_end:
+                on_epoch_end(epoch + 1, optimizer, scheduler, history)
+        return history
+
+
+def _save_resume(path: Path, model: nn.Module, optimizer, scheduler, epoch: int,
+                 history: list[EpochRecord], plan: list[LayerBits], job: _Job,
+                 schedule: DropBitsSchedule | None) -> None:
+    state = {
+        "format": "srq.resume", "epoch": epoch, "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "history": [asdict(h) for h in history], "plan": [asdict(p) for p in plan],
+        "torch_rng": torch.get_rng_state(),
+        "loader_rng": job.train_loader.generator.get_state(),
+        "dropbits_rng": schedule.generator.get_state() if schedule else None,
+        "recipe": job.recipe.to_json(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_resume(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any damage: truncated zip, bad pickle opcodes…
+        raise SrqError(f"resume checkpoint {path} is damaged ({type(exc).__name__}); "
+                       "delete it and start over with --overwrite") from exc
+    if not isinstance(state, dict) or state.get("format") != "srq.resume":
+        raise SrqError(f"{path} is not an srq resume checkpoint")
+    return state
+
+
+def _pretrain(job: _Job, model: nn.Module) -> nn.Module:
+    """Train the float model first (the built-in example and benchmarks start from scratch)."""
+    path = job.out / rundir.FLOAT
+    if path.is_file():  # resumed run: reuse the float start written before
+        return load_model(path)[0].to(job.device)
+    m = job.recipe.model
+    job.console.print(f"[bold]Training the float {m.arch}[/] for {m.pretrain_epochs} epochs "
+                      "(no --checkpoint given)")
+    job.fit(model, m.pretrain_epochs, m.pretrain_lr, "float")
+    save_model(path, model, job.info([]))
+    return model
+
+
+def run_quantize(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bool = False,
+                 trust_pickle: bool = False, console: Console | None = None,
+                 show_progress: bool = True) -> QuantizeResult:
+    """Quantize the recipe's model with SRQ (+ DropBits) and write a run directory."""
+    console = console or Console(stderr=True)
+    created = not out.exists()
+    rundir.prepare(out, resume=resume, overwrite=overwrite)
+    try:
+        return _run(recipe, out, resume, overwrite, trust_pickle, console, show_progress)
+    except BaseException:
+        if created and out.is_dir() and not any(p.is_file() for p in out.rglob("*")):
+            shutil.rmtree(out, ignore_errors=True)  # leave nothing behind for a failed fresh run
+        raise
+
+
+def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle: bool,
+         console: Console, show_progress: bool) -> QuantizeResult:
+    state = _load_resume(out / rundir.RESUME) if resume else None
+    if state is not None:
+        from srqcli.config import recipe_from_dict
+
+        recipe = recipe_from_dict(json.loads(state["recipe"]))
+        console.print(f"[dim]resuming {out} after epoch {state['epoch']} with its saved recipe[/]")
+    elif overwrite:
+        for name in (rundir.MODEL, rundir.FLOAT, rundir.METRICS, rundir.RECIPE, str(rundir.RESUME)):
+            (out / name).unlink(missing_ok=True)
+    started = time.perf_counter()
+    with Reporter(console, enabled=show_progress) as reporter:
+        job = _Job(recipe, out, console, reporter)
+        write_text_atomic(out / rundir.RECIPE, to_toml(recipe))
+        if recipe.model.checkpoint is None and recipe.model.pretrain_epochs <= 0:
+            raise SrqError("no --checkpoint given: srq quantizes a pretrained model; pass "
+                           "--checkpoint PATH (or --pretrain-epochs N to train a float model first)")
+        model = build_float_model(recipe, job.data, trust_pickle=trust_pickle).to(job.device)
+        if recipe.model.checkpoint is None:
+            model = _pretrain(job, model)
+        float_metrics = evaluate(model, job.val_loader, job.device, amp=job.amp,
+                                 reporter=reporter, label="float eval")
+        console.print(f"float model: top-1 {float_metrics.top1:.2f}%")
+
+        q = recipe.quant
+        if state is None:
+            model, plan = quantize_model(
+                model, q, _calibration_batches(job.train_loader, recipe.data.calib_batches, job.device),
+                seed=recipe.train.seed)
+        else:
+            plan = [LayerBits(**p) for p in state["plan"]]
+            attach_quantizers(model, plan, q)
+            model.load_state_dict(state["model"])
+            torch.set_rng_state(state["torch_rng"])
+            job.train_loader.generator.set_state(state["loader_rng"])
+        model.to(job.device)
+        schedule = DropBitsSchedule.attach(model, recipe.dropbits, recipe.train.seed)
+        if schedule and state is not None and state["dropbits_rng"] is not None:
+            schedule.generator.set_state(state["dropbits_rng"])
+
+        def checkpoint(epoch, optimizer, scheduler, history):
+            _save_resume(out / rundir.RESUME, model, optimizer, scheduler, epoch, history, plan,
+                         job, schedule)
+
+        history = job.fit(model, recipe.train.epochs, recipe.train.lr, "srq",
+                          start_epoch=state["epoch"] if state else 0, resume_state=state,
+                          schedule=schedule, on_epoch_end=checkpoint)
+        if schedule:
+            schedule.disable()
+            used = reestimate_batchnorm(model, job.train_loader, job.device,
+                                        recipe.dropbits.bn_reestimate_batches, amp=job.amp)
+            if used:
+                console.print(f"[dim]BatchNorm statistics re-estimated on {used} batches with DropBits off[/]")
+        quant_metrics = evaluate(model, job.val_loader, job.device, amp=job.amp,
+                                 reporter=reporter, label="srq eval")
+    sizes = model_totals(model)
+    metrics = {
+        "srq_version": __version__,
+        "float": float_metrics.to_dict(),
+        "quantized": quant_metrics.to_dict(),
+        "history": [asdict(h) for h in history],
+        "plan": [asdict(p) for p in plan],
+        "sizes": sizes,
+        "seconds": time.perf_counter() - started,
+        "device": str(job.device),
+    }
+    save_model(out / rundir.MODEL, model.cpu(),
+               job.info(plan, {"float_top1": float_metrics.top1, "top1": quant_metrics.top1}))
+    write_text_atomic(out / rundir.METRICS, json.dumps(metrics, indent=2) + "\n")
+    return QuantizeResult(out, float_metrics, quant_metrics, plan, history, sizes)

@@ -1,0 +1,46 @@
+"""The run directory: where ``srq quantize`` writes, and how it refuses to clobber.
+
+Layout::
+
+    RUN/model.safetensors       quantized checkpoint (srq.quantized, no pickle)
+    RUN/float.safetensors       the float start, when srq trained it (``pretrain_epochs``)
+    RUN/recipe.toml             fully resolved recipe: replay with --recipe RUN/recipe.toml
+    RUN/metrics.json            float and quantized metrics, history, bits and sizes
+    RUN/checkpoints/last.pt     resume state (tensors and plain data only: weights_only loads it)
+
+Checked before any work starts, so a typo in ``--out`` fails in a second, not after training.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from srqcli.errors import SrqError
+
+MODEL = "model.safetensors"
+FLOAT = "float.safetensors"
+RECIPE = "recipe.toml"
+METRICS = "metrics.json"
+RESUME = Path("checkpoints") / "last.pt"
+
+
+def prepare(out: Path, *, resume: bool, overwrite: bool) -> Path:
+    """Validate and create ``out``; raise :class:`SrqError` with what to do otherwise."""
+    if out.exists() and not out.is_dir():
+        raise SrqError(f"output path {out} exists and is not a folder")
+    if resume:
+        if not (out / RESUME).is_file():
+            raise SrqError(f"nothing to resume in {out}: {RESUME} not found")
+    elif out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise SrqError(f"output folder {out} is not empty; pass --overwrite to replace its run "
+                       "or --resume to continue it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".srq-write-test.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SrqError(f"output folder {out} is not writable: {exc.strerror or exc}") from exc
+    return out
