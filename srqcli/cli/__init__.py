@@ -5,7 +5,7 @@ to stderr and results (tables, JSON) to stdout so they can be piped. Each comman
 own module, registered on the shared :data:`app` when imported here.
 """
 
-from srqcli.cli import evaluate, quantize, recipes  # noqa: F401  (registers the commands)
+from srqcli.cli import evaluate, export, quantize, recipes, report  # noqa: F401  (registers the commands)
 from srqcli.cli.app import app
 
 

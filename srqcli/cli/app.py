@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 out_console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class DropBitsVariant(str, Enum):
@@ -56,6 +56,11 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def job_console(quiet: bool) -> Console:
+    """Where a job's progress and notes go: stderr, silent with ``--quiet`` (errors still show)."""
+    return Console(stderr=True, soft_wrap=True, quiet=quiet)
 
 
 def _version(value: bool) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from srqcli.cli.app import Device, app, err_console, out_console, user_errors
+from srqcli.cli.app import Device, app, job_console, out_console, user_errors
 
 @app.command("eval")
 @user_errors
@@ -29,7 +29,7 @@ def eval_command(
 
     res = run_eval(target, data=data, checkpoint=checkpoint, num_classes=num_classes,
                    batch_size=batch_size, workers=workers, device=device.value,
-                   trust_pickle=trust_pickle, console=err_console, show_progress=not quiet)
+                   trust_pickle=trust_pickle, console=job_console(quiet), show_progress=not quiet)
     m = res.metrics
     if as_json:
         out_console.print_json(json.dumps({"target": res.target, "kind": res.kind, "data": res.data,

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from srqcli.cli.app import Device, DropBitsVariant, app, err_console, out_console, user_errors
+from srqcli.cli.app import Device, DropBitsVariant, app, job_console, out_console, user_errors
 from srqcli.config import Recipe, apply_overrides, load_recipe
 from srqcli.errors import SrqError
 
@@ -85,7 +85,7 @@ def quantize(
     if out is None:
         out = Path("runs") / f"{cfg.model.arch}-w{cfg.quant.weight_bits}a{cfg.quant.act_bits}"
     result = run_quantize(cfg, out, resume=resume, overwrite=overwrite, trust_pickle=trust_pickle,
-                          console=err_console, show_progress=not quiet)
+                          console=job_console(quiet), show_progress=not quiet)
     print_quantize_summary(result, cfg)
 
 

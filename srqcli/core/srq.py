@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -112,10 +113,10 @@ def _edge_sums(x: Tensor, alpha: Tensor, sigma: Tensor, m: Tensor,
 def srq_backward_math(grad: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor,
                       kmin: Tensor | int, kmax: Tensor | int, w: int,
                       pi_mode: str) -> tuple[Tensor, Tensor, Tensor]:
-    """Elementwise gradients of the windowed surrogate w.r.t. ``x``, ``α`` and ``σ``.
+    """Gradients of the windowed surrogate w.r.t. ``x``, ``α`` and ``σ``.
 
-    Pure elementwise math (no reductions) so that ``torch.compile`` fuses it into one loop;
-    the caller reduces the α/σ terms to their parameter shapes.
+    Elementwise math followed by the reductions to the shapes of ``α`` and ``σ``, written so
+    that ``torch.compile`` fuses all of it into one pass over ``x``.
     """
     m = srq_forward_codes(x, alpha, kmin, kmax)
     s, s_x, s_sigma, s_alpha, pi_m, p_x, p_sigma, p_alpha = _edge_sums(
@@ -133,11 +134,15 @@ def srq_backward_math(grad: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor,
         d_x = scale * (s_x - rest * p_x)
         d_sigma = scale * (s_sigma - rest * p_sigma)
         d_alpha = centre + rest + scale * (s_alpha - rest * p_alpha)
-    return grad * d_x, grad * d_alpha, grad * d_sigma
+    return (grad * d_x, (grad * d_alpha).sum_to_size(alpha.shape),
+            (grad * d_sigma).sum_to_size(sigma.shape))
 
 
-_eager_backward: Callable[..., tuple[Tensor, Tensor, Tensor]] = srq_backward_math
-_compiled_backward: Callable[..., tuple[Tensor, Tensor, Tensor]] | None = None
+def _forward_math(x: Tensor, alpha: Tensor, kmin: Tensor | int, kmax: Tensor | int) -> Tensor:
+    return srq_forward_codes(x, alpha, kmin, kmax) * alpha
+
+
+_compiled: dict[str, Callable[..., Any]] = {}
 _use_fused = os.environ.get("SRQ_FUSED", "1") != "0"
 
 
@@ -151,21 +156,16 @@ def set_fused(enabled: bool) -> None:
     _use_fused = enabled
 
 
-def _backward_impl() -> Callable[..., tuple[Tensor, Tensor, Tensor]]:
-    global _compiled_backward
+def _impl(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` itself, or its ``torch.compile``d version when fusing is on."""
     if not _use_fused:
-        return _eager_backward
-    if _compiled_backward is None:
+        return fn
+    if fn.__name__ not in _compiled:
         # One specialisation per (window, π mode, scalar/tensor bounds, α rank): a model has
         # a handful, more than dynamo's default limit of 8 per function.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _compiled_backward = torch.compile(srq_backward_math, dynamic=True, fullgraph=True)
-    return _compiled_backward
-
-
-def _reduce_to(t: Tensor, shape: torch.Size) -> Tensor:
-    """Sum a broadcast gradient back to a parameter's shape."""
-    return t.sum_to_size(shape) if t.shape != shape else t
+        _compiled[fn.__name__] = torch.compile(fn, dynamic=True, fullgraph=True)
+    return _compiled[fn.__name__]
 
 
 class _SRQFunction(torch.autograd.Function):
@@ -178,17 +178,16 @@ class _SRQFunction(torch.autograd.Function):
         ctx.kmax_t = isinstance(kmax, Tensor)
         ctx.kmin, ctx.kmax = (None if ctx.kmin_t else kmin), (None if ctx.kmax_t else kmax)
         ctx.window, ctx.pi_mode = window, pi_mode
-        return srq_forward_codes(x, alpha, kmin, kmax) * alpha
+        return _impl(_forward_math)(x, alpha, kmin, kmax)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, alpha, sigma, *bounds = ctx.saved_tensors
         kmin = bounds.pop(0) if ctx.kmin_t else ctx.kmin
         kmax = bounds.pop(0) if ctx.kmax_t else ctx.kmax
-        g_x, g_alpha, g_sigma = _backward_impl()(
+        g_x, g_alpha, g_sigma = _impl(srq_backward_math)(
             grad.contiguous(), x, alpha, sigma, kmin, kmax, ctx.window, ctx.pi_mode)
-        return (g_x, _reduce_to(g_alpha, alpha.shape), _reduce_to(g_sigma, sigma.shape),
-                None, None, None, None)
+        return g_x, g_alpha, g_sigma, None, None, None, None
 
 
 def srq_quantize(x: Tensor, alpha: Tensor, sigma: Tensor, kmin: Tensor | int,

@@ -58,8 +58,9 @@ def data_spec(recipe: Recipe) -> DataSpec:
                     train_limit=d.train_limit, val_limit=d.val_limit)
 
 
-def build_float_model(recipe: Recipe, data: DatasetBundle, *, trust_pickle: bool) -> nn.Module:
-    """The architecture from the recipe, with the checkpoint's weights when one is given."""
+def build_float_model(recipe: Recipe, data: DatasetBundle, weights: dict | nn.Module | None
+                      ) -> nn.Module:
+    """The architecture from the recipe, with the checkpoint's ``weights`` when given."""
     m = recipe.model
     num_classes = m.num_classes or data.num_classes
     in_channels = m.in_channels or data.in_channels
@@ -69,8 +70,8 @@ def build_float_model(recipe: Recipe, data: DatasetBundle, *, trust_pickle: bool
     if in_channels != data.in_channels:
         raise SrqError(f"the model takes {in_channels} input channels but the data has {data.in_channels}")
     model = build_model(m.arch, num_classes, in_channels)
-    if m.checkpoint:
-        load_into(model, read_state_dict(m.checkpoint, trust_pickle=trust_pickle), arch=m.arch)
+    if weights is not None:
+        load_into(model, weights, arch=m.arch)
     return model
 
 
@@ -194,13 +195,16 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle:
         for name in (rundir.MODEL, rundir.FLOAT, rundir.METRICS, rundir.RECIPE, str(rundir.RESUME)):
             (out / name).unlink(missing_ok=True)
     started = time.perf_counter()
+    if recipe.model.checkpoint is None and recipe.model.pretrain_epochs <= 0:
+        raise SrqError("no --checkpoint given: srq quantizes a pretrained model; pass "
+                       "--checkpoint PATH (or --pretrain-epochs N to train a float model first)")
+    # Read the user's file before anything slow, so a bad path fails at once.
+    weights = (read_state_dict(recipe.model.checkpoint, trust_pickle=trust_pickle)
+               if recipe.model.checkpoint else None)
     with Reporter(console, enabled=show_progress) as reporter:
         job = _Job(recipe, out, console, reporter)
+        model = build_float_model(recipe, job.data, weights).to(job.device)
         write_text_atomic(out / rundir.RECIPE, to_toml(recipe))
-        if recipe.model.checkpoint is None and recipe.model.pretrain_epochs <= 0:
-            raise SrqError("no --checkpoint given: srq quantizes a pretrained model; pass "
-                           "--checkpoint PATH (or --pretrain-epochs N to train a float model first)")
-        model = build_float_model(recipe, job.data, trust_pickle=trust_pickle).to(job.device)
         if recipe.model.checkpoint is None:
             model = _pretrain(job, model)
         float_metrics = evaluate(model, job.val_loader, job.device, amp=job.amp,
@@ -252,4 +256,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle:
     save_model(out / rundir.MODEL, model.cpu(),
                job.info(plan, {"float_top1": float_metrics.top1, "top1": quant_metrics.top1}))
     write_text_atomic(out / rundir.METRICS, json.dumps(metrics, indent=2) + "\n")
+    from srqcli.report import write_report  # report.json, report.md, bits.png
+
+    write_report(model, out, info=job.info(plan), metrics=metrics, source=str(out / rundir.MODEL))
     return QuantizeResult(out, float_metrics, quant_metrics, plan, history, sizes)

@@ -1,0 +1,146 @@
+"""Training step time and peak memory: float vs SRQ (windowed, fused) vs naive full-grid SRQ.
+
+Protocol (../shared/benchmarks.md): all configurations live in one process and are timed
+alternately (A B C A B C …) after warm-up; the reported number is the median of per-round
+ratios to float. Peak memory: each configuration runs in its own subprocess; we report its
+peak RSS minus that of a process that only builds the model and the batch.
+
+    python benchmarks/step_time.py [--arch resnet20] [--bits 3] [--batch 128] [--rounds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from srqcli.config import QuantConfig
+from srqcli.core import srq as srq_core
+from srqcli.models import build_model
+from srqcli.nn.quantizer import SRQQuantizer
+from srqcli.nn.surgery import quantize_model
+
+CONFIGS = ("float", "srq", "srq-eager", "srq-fullgrid")
+
+
+class FullGridQuantizer(SRQQuantizer):
+    """SRQ with the naive full-grid surrogate (π over all 2^b points): the baseline."""
+
+    def forward(self, x):
+        g = self.grid
+        return srq_core.full_grid_surrogate(x, self.alpha, self.sigma, g.kmin, g.kmax, self.pi_mode)
+
+
+def build(config: str, arch: str, bits: int, batch: int, channels: int, size: int):
+    torch.manual_seed(0)
+    model = build_model(arch, 10, channels)
+    x = torch.randn(batch, channels, size, size)
+    y = torch.randint(0, 10, (batch,))
+    if config != "float":
+        quantize_model(model, QuantConfig(weight_bits=bits, act_bits=bits), [x[:32]])
+        if config == "srq-fullgrid":
+            for m in model.modules():
+                if isinstance(m, SRQQuantizer):
+                    m.__class__ = FullGridQuantizer
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model.train()
+    return model, opt, x, y
+
+
+def step(model, opt, x, y) -> None:
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def set_impl(config: str) -> None:
+    srq_core.set_fused(config != "srq-eager")
+
+
+def timed_step(config, model, opt, x, y) -> float:
+    set_impl(config)
+    t0 = time.perf_counter()
+    step(model, opt, x, y)
+    return time.perf_counter() - t0
+
+
+
+
+def child(args) -> None:
+    config = args.child
+    if config == "build-only":
+        build("srq", args.arch, args.bits, args.batch, args.channels, args.size)
+        set_impl("srq")
+        return
+    model, opt, x, y = build(config, args.arch, args.bits, args.batch, args.channels, args.size)
+    set_impl(config)
+    for _ in range(3):
+        step(model, opt, x, y)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="resnet20")
+    p.add_argument("--bits", type=int, default=3)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--channels", type=int, default=1)
+    p.add_argument("--size", type=int, default=28)
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--child", default=None)
+    p.add_argument("--skip-memory", action="store_true")
+    args = p.parse_args()
+    if args.child:
+        child(args)
+        return
+    from benchmarks.common import write_result
+
+    setups = {c: build(c, args.arch, args.bits, args.batch, args.channels, args.size) for c in CONFIGS}
+    for c, s in setups.items():  # warm-up (includes the one-off torch.compile of the backward)
+        for _ in range(args.warmup):
+            timed_step(c, *s)
+    times: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    for _ in range(args.rounds):
+        for c in CONFIGS:
+            times[c].append(timed_step(c, *setups[c]))
+    ratios = {c: statistics.median(t / f for t, f in zip(times[c], times["float"])) for c in CONFIGS}
+    medians = {c: statistics.median(times[c]) for c in CONFIGS}
+    memory = {}
+    if not args.skip_memory:
+        # Children are measured one by one in increasing expected size, since RUSAGE_CHILDREN
+        # reports the maximum over all finished children.
+        order = ["build-only", "float", "srq-eager", "srq", "srq-fullgrid"]
+        peaks = {}
+        for c in order:
+            proc = subprocess.run(
+                [sys.executable, "-c",
+                 "import resource,subprocess,sys; subprocess.run(sys.argv[1:], check=True); "
+                 "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
+                 sys.executable, __file__, "--arch", args.arch, "--bits", str(args.bits),
+                 "--batch", str(args.batch), "--channels", str(args.channels), "--size",
+                 str(args.size), "--child", c],
+                check=True, capture_output=True, text=True)
+            peaks[c] = int(proc.stdout.strip().splitlines()[-1])
+        base = peaks["build-only"]
+        train = {c: peaks[c] - base for c in CONFIGS}
+        memory = {"peak_rss_kib": peaks, "training_kib": train,
+                  "ratio_to_float": {c: train[c] / train["float"] for c in CONFIGS}}
+    print(f"{args.arch} W{args.bits}A{args.bits}, batch {args.batch}, {args.channels}x{args.size}x{args.size}, "
+          f"{torch.get_num_threads()} threads, {args.rounds} alternating rounds")
+    for c in CONFIGS:
+        mem = f"  memory {memory['ratio_to_float'][c]:.2f}x float" if memory else ""
+        print(f"  {c:13s} step {medians[c] * 1000:8.1f} ms   time {ratios[c]:.2f}x float{mem}")
+    write_result(f"step_time_{args.arch}_w{args.bits}", {
+        "arch": args.arch, "bits": args.bits, "batch": args.batch,
+        "input": [args.channels, args.size, args.size], "rounds": args.rounds,
+        "median_step_s": medians, "time_ratio_to_float": ratios, "memory": memory})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""``srq export``."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from srqcli.cli.app import app, err_console, out_console, user_errors
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    safetensors = "safetensors"
+
+
+class OnnxLayout(str, Enum):
+    qdq = "qdq"
+    packed = "packed"
+
+
+@app.command("export")
+@user_errors
+def export_command(
+    target: Annotated[str, typer.Argument(help="Run folder or quantized model .safetensors (srq quantize output, or a packed file).")],
+    format: Annotated[ExportFormat, typer.Option("--format", "-f", help="onnx (runs in onnxruntime) or safetensors (codes bit-packed at their true width).")] = ExportFormat.onnx,
+    layout: Annotated[OnnxLayout, typer.Option(help="ONNX layout: qdq (int8 containers, integer kernels in onnxruntime) or packed (INT4/INT2 initializers, smallest file, float kernels).")] = OnnxLayout.qdq,
+    opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default 17 for qdq, 21 for packed; 25+ stores 2-bit weights as INT2).")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Output file (default: next to the model: model.onnx, model.packed.onnx, model.packed.safetensors).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Verify on validation batches of this dataset (default: random inputs).")] = None,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Compare the artifact with the PyTorch model before writing it.")] = True,
+    batches: Annotated[int, typer.Option(help="Batches used for verification.")] = 4,
+    batch_size: Annotated[int, typer.Option(help="Verification batch size.")] = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Export a quantized model to ONNX or packed safetensors, verified against PyTorch."""
+    from srqcli.export.workflow import run_export
+
+    res = run_export(target, fmt=format.value, layout=layout.value, opset=opset, out=out, data=data,
+                     verify=verify, batches=batches, batch_size=batch_size, console=err_console)
+    if as_json:
+        out_console.print_json(json.dumps(res.to_dict()))
+        return
+    what = f"ONNX ({res.layout}, opset {res.opset})" if res.format == "onnx" else "packed safetensors"
+    out_console.print(f"wrote {res.path} ({what}, {res.bytes / 1024:,.1f} KiB)", highlight=False)
+    v = res.verify
+    if v is None:
+        out_console.print("[yellow]not verified[/] (--no-verify)")
+    elif res.format == "safetensors":
+        out_console.print(f"verified: reloaded model reproduces the outputs exactly on {v['images']} images")
+    else:
+        table = Table(title=f"onnxruntime vs PyTorch ({v['inputs']}; output step {v['output_step']:.3g})")
+        for col in ("optimisation", "max diff (steps)", "within 1 step", "top-1 agreement"):
+            table.add_column(col, justify="right")
+        for r in v["results"]:
+            table.add_row(r["level"], f"{r['max_steps']:.3g}", f"{100 * r['within_one_step']:.2f}%",
+                          f"{100 * r['top1_agreement']:.2f}%")
+        out_console.print(table)
+        ops = v.get("executed_op_types") or {}
+        integer = {k: n for k, n in ops.items() if k.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat"))}
+        if integer:
+            out_console.print("integer kernels: " + ", ".join(f"{k}×{n}" for k, n in integer.items()), highlight=False)
+        elif ops:
+            out_console.print("integer kernels: none (onnxruntime runs this layout with float kernels)")

@@ -1,0 +1,187 @@
+"""Freeze a quantized model into integer codes, scales and biases (method.md §7).
+
+For every quantized layer this gives two views of the same numbers:
+
+* the **trained** view, exactly what the PyTorch model computes: integer weight codes
+  ``k = clamp(round(w/α), k_min, k_max)``, the weight step ``α`` (per tensor or per output
+  channel), the layer's own bias, and the input-activation encoding (bits, signedness, step);
+* the **deploy** view, with the BatchNorm that directly follows the layer folded in *exactly*:
+  the codes are unchanged and the BN becomes a per-output-channel dequantization scale and a
+  bias,
+
+  ``scale_c = α_c·γ_c/sqrt(var_c+eps)``,  ``bias_c = β_c + (b_c − μ_c)·γ_c/sqrt(var_c+eps)``.
+
+  A channel whose ``γ_c`` is negative gets its codes negated and ``|scale_c|``, so scales are
+  positive as integer kernels expect. Negating needs ``−k_min`` to exist: the one code that has
+  no negative is ``−2^(b−1)`` at 8 bits (``128`` does not fit an int8). Such a channel keeps its
+  codes and a negative scale (``DequantizeLinear`` is defined for any scale; export verifies
+  the result against PyTorch).
+
+Folded values are computed in float64 and stored as float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from srqcli.core.grid import IntGrid
+from srqcli.core.srq import srq_forward_codes
+from srqcli.errors import SrqError
+from srqcli.nn.layers import QuantConv2d, QuantLinear, is_quant_layer
+
+
+@dataclass(frozen=True)
+class ActEncoding:
+    """Input-activation quantization of a layer: ``α·clamp(round(x/α), k_min, k_max)``."""
+
+    bits: int
+    signed: bool
+    step: float  # exactly the float32 value PyTorch uses
+
+    @property
+    def grid(self) -> IntGrid:
+        return IntGrid(self.bits, self.signed)
+
+
+@dataclass
+class FrozenLayer:
+    """One quantized Conv2d/Linear, frozen: trained view plus BN-folded deploy view."""
+
+    name: str
+    kind: str  # "conv" | "linear"
+    weight_bits: int
+    weight_step: Tensor  # float32, () per tensor or (C_out,) per channel: α as trained
+    codes: Tensor  # int16, shape of the weight: trained codes (unflipped)
+    bias: Tensor | None  # the layer's own float bias
+    act: ActEncoding
+    bn: str | None = None  # name of the folded BatchNorm
+    # deploy view
+    scale: Tensor = field(default_factory=lambda: torch.empty(0))  # float32 (C_out,)
+    deploy_codes: Tensor = field(default_factory=lambda: torch.empty(0))  # int16, flipped channels
+    deploy_bias: Tensor | None = None  # float32 (C_out,), None when no bias and no BN
+    flipped: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.bool))  # (C_out,)
+    negative_scale_channels: list[int] = field(default_factory=list)  # the int8 −128 edge case
+    # layer geometry
+    stride: tuple[int, ...] = (1, 1)
+    padding: tuple[int, ...] = (0, 0)
+    dilation: tuple[int, ...] = (1, 1)
+    groups: int = 1
+
+    @property
+    def weight_grid(self) -> IntGrid:
+        return IntGrid(self.weight_bits, True)
+
+    @property
+    def signed_scale(self) -> Tensor:
+        """Folded per-channel scale for the *trained* codes (negative where γ < 0)."""
+        return torch.where(self.flipped, -self.scale, self.scale)
+
+    @property
+    def per_channel(self) -> bool:
+        return self.weight_step.numel() > 1
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def params(self) -> int:
+        return int(self.codes.numel())
+
+
+def weight_codes(layer: QuantConv2d | QuantLinear) -> tuple[Tensor, Tensor, IntGrid]:
+    """Integer codes (int16) of a layer's weight, its float32 step (flattened) and grid."""
+    enc = layer.weight_quant.encoding()
+    grid = enc.grid
+    if not grid.signed:
+        raise SrqError(f"unsigned weight grids are not supported by export ({layer})")
+    alpha = enc.step.float()
+    with torch.no_grad():
+        codes = srq_forward_codes(layer.weight.detach().float(), alpha, grid.kmin, grid.kmax)
+    return codes.to(torch.int16), alpha.reshape(-1) if alpha.numel() > 1 else alpha.reshape(()), grid
+
+
+def act_encoding(layer: QuantConv2d | QuantLinear) -> ActEncoding:
+    enc = layer.input_quant.encoding()
+    if enc.per_channel:
+        raise SrqError("per-channel activation steps are not supported by export")
+    return ActEncoding(enc.bits, enc.signed, float(enc.step.float()))
+
+
+def bn_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
+    """``(g, h)`` in float64 with ``bn(y) = g·y + h`` per channel (eval mode)."""
+    var = bn.running_var.detach().double()
+    mean = bn.running_mean.detach().double()
+    inv = 1.0 / torch.sqrt(var + bn.eps)
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
+    g = gamma * inv
+    return g, beta - mean * g
+
+
+def freeze_layer(name: str, layer: QuantConv2d | QuantLinear, bn: tuple[str, nn.Module] | None = None) -> FrozenLayer:
+    """Freeze one quantized layer, folding ``bn`` (``(name, module)``) into it when given."""
+    codes, alpha, grid = weight_codes(layer)
+    c_out = codes.shape[0]
+    kind = "conv" if isinstance(layer, nn.Conv2d) else "linear"
+    frozen = FrozenLayer(
+        name=name, kind=kind, weight_bits=grid.bits, weight_step=alpha, codes=codes,
+        bias=layer.bias.detach().float().clone() if layer.bias is not None else None,
+        act=act_encoding(layer), bn=bn[0] if bn else None,
+    )
+    if kind == "conv":
+        if layer.padding_mode != "zeros":
+            raise SrqError(f"layer {name}: padding_mode={layer.padding_mode!r} cannot be exported "
+                           "(only zero padding)")
+        if isinstance(layer.padding, str):
+            raise SrqError(f"layer {name}: padding={layer.padding!r} cannot be exported; use integer padding")
+        frozen.stride, frozen.padding = tuple(layer.stride), tuple(layer.padding)
+        frozen.dilation, frozen.groups = tuple(layer.dilation), layer.groups
+    scale = alpha.double().expand(c_out).clone() if alpha.dim() == 0 else alpha.double().clone()
+    bias = frozen.bias.double() if frozen.bias is not None else None
+    if bn is not None:
+        g, h = bn_affine(bn[1])
+        scale = scale * g
+        bias = h + (bias * g if bias is not None else 0.0)
+    deploy = codes.clone()
+    flipped = torch.zeros(c_out, dtype=torch.bool)
+    negative = []
+    for c in torch.nonzero(scale < 0).flatten().tolist():
+        if bool((codes[c] == grid.kmin).any()) and -grid.kmin > 127:
+            negative.append(c)  # −(−128) does not fit an int8 container: keep a negative scale
+            continue
+        deploy[c] = -deploy[c]
+        scale[c] = -scale[c]
+        flipped[c] = True
+    frozen.scale = scale.float()
+    frozen.deploy_codes = deploy
+    frozen.deploy_bias = bias.float() if bias is not None else None
+    frozen.flipped = flipped
+    frozen.negative_scale_channels = negative
+    return frozen
+
+
+@dataclass
+class FrozenModel:
+    """All quantized layers of a model, frozen, in module order."""
+
+    layers: dict[str, FrozenLayer]
+    bn_folds: dict[str, str]  # layer → folded BN (quantized and float layers)
+
+
+def freeze_model(model: nn.Module, bn_folds: dict[str, str]) -> FrozenModel:
+    """Freeze every quantized layer of ``model``; ``bn_folds`` from :func:`graph.find_bn_folds`."""
+    modules = dict(model.named_modules())
+    layers = {}
+    for name, module in modules.items():
+        if is_quant_layer(module):
+            bn_name = bn_folds.get(name)
+            bn = (bn_name, modules[bn_name]) if bn_name else None
+            layers[name] = freeze_layer(name, module, bn)  # type: ignore[arg-type]
+    if not layers:
+        raise SrqError("the model has no quantized layers: export needs an srq-quantized model "
+                       "(run srq quantize first)")
+    return FrozenModel(layers, dict(bn_folds))

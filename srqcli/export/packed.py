@@ -1,0 +1,209 @@
+"""Packed safetensors: integer codes at their true width, plus a loader (method.md §7).
+
+Format ``srq.packed``, version 1. Tensors, for every quantized layer ``L``:
+
+``L.weight.packed``  uint8, the weight codes bit-packed at the layer's width ``b`` (2–8):
+                     offset binary ``u = k − k_min`` (``k_min = −2^(b−1)``), elements in C order
+                     of the weight shape, little-endian bit stream (:mod:`srqcli.export.packing`).
+``L.weight.step``    float32 ``α`` (``[]`` per tensor, ``[C_out]`` per channel): ``w = α·k``.
+``L.input.step``     float32 ``[]``: the input quantizer ``α_x·clamp(round(x/α_x), k_min, k_max)``.
+``L.deploy.scale``   float32 ``[C_out]``, only when a BatchNorm directly follows ``L``: the
+``L.deploy.bias``    BN folded exactly, ``y = conv(x̂, k)·scale_c + bias_c`` with the *stored*
+                     codes (``scale_c`` is negative where the BN's ``γ_c`` is).
+
+Every other tensor of the model's ``state_dict`` (biases, BatchNorm parameters and statistics,
+layers left float) is stored unchanged in float; the quantizers' trained ``log σ`` (which
+only shapes training gradients) and BN batch counters are not stored.
+
+Metadata: the keys of an ``srq.quantized`` file (architecture, classes, input size, recipe,
+bit plan, normalisation, metrics: see :mod:`srqcli.io.quantized`) with ``format =
+"srq.packed"``, plus ``packed_format_version`` and ``layers``: JSON ``{L: {type, shape, bits,
+signed, granularity, packing, act_bits, act_signed, bn}}``.
+
+The loader rebuilds the srq model (same module classes as a quantize run) with
+``w = fl32(α·k)`` and ``exp(log α) == α`` bit for bit, so its outputs are *identical* to the
+model that was exported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from srqcli import __version__
+from srqcli.errors import SrqError, short_reason
+from srqcli.export.encodings import act_encoding, bn_affine, weight_codes
+from srqcli.export.packing import pack_bits, packed_nbytes, unpack_bits
+from srqcli.io.atomic import atomic_path
+from srqcli.io.quantized import QUANTIZED, ModelInfo
+from srqcli.models import build_model
+from srqcli.nn.layers import is_quant_layer
+from srqcli.nn.surgery import quant_layers, rebuild_quantized
+
+PACKED = "srq.packed"
+PACKED_VERSION = 1
+PACKING = "offset-binary, little-endian bit stream"
+
+
+def packed_metadata(path: str | os.PathLike) -> dict[str, str] | None:
+    """The metadata of a safetensors file, or ``None`` when it is not ``srq.packed``."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SrqError(f"{path} is not a valid safetensors file: {short_reason(exc)}") from exc
+    return meta if meta.get("format") == PACKED else None
+
+
+def save_packed(path: str | os.PathLike, model: nn.Module, info: ModelInfo,
+                bn_folds: dict[str, str] | None = None) -> dict[str, int]:
+    """Write ``model`` as packed safetensors (atomically); returns byte counts for the report.
+
+    ``bn_folds`` (layer → BatchNorm, from :func:`srqcli.export.graph.find_bn_folds`) adds the
+    BN-folded deploy scale and bias of those layers.
+    """
+    bn_folds = bn_folds or {}
+    modules = dict(model.named_modules())
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tensors: dict[str, Tensor] = {}
+    layers: dict[str, dict] = {}
+    packed_bytes = 0
+    for name, layer in quant_layers(model):
+        codes, alpha, grid = weight_codes(layer)
+        act = act_encoding(layer)
+        raw = pack_bits((codes.to(torch.int64) - grid.kmin).numpy(), grid.bits)
+        tensors[f"{name}.weight.packed"] = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.zeros(0, dtype=torch.uint8)
+        packed_bytes += len(raw)
+        tensors[f"{name}.weight.step"] = alpha.float().clone()
+        tensors[f"{name}.input.step"] = torch.tensor(act.step, dtype=torch.float32)
+        bn = bn_folds.get(name)
+        if bn:
+            g, h = bn_affine(modules[bn])
+            scale = (alpha.double().expand(codes.shape[0]) if alpha.dim() == 0 else alpha.double()) * g
+            bias = h + (layer.bias.detach().double() * g if layer.bias is not None else 0.0)
+            tensors[f"{name}.deploy.scale"] = scale.float()
+            tensors[f"{name}.deploy.bias"] = bias.float()
+        layers[name] = {
+            "type": type(layer).__bases__[0].__name__, "shape": list(codes.shape), "bits": grid.bits,
+            "signed": grid.signed, "granularity": "per-channel" if alpha.numel() > 1 else "per-tensor",
+            "packing": PACKING, "act_bits": act.bits, "act_signed": act.signed, "bn": bn,
+        }
+        for key in list(state):
+            if key == f"{name}.weight" or key.startswith((f"{name}.weight_quant.", f"{name}.input_quant.")):
+                del state[key]
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        tensors[key] = value.contiguous()
+    meta = info.metadata()
+    meta.update({"format": PACKED, "packed_format_version": str(PACKED_VERSION),
+                 "srq_version": __version__, "layers": json.dumps(layers)})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    float_bytes = sum(t.numel() * t.element_size() for k, t in tensors.items() if not k.endswith(".weight.packed"))
+    return {"packed_weight_bytes": packed_bytes, "other_bytes": float_bytes}
+
+
+def _exact_log(alpha: Tensor) -> Tensor:
+    """``l`` with ``exp(l) == alpha`` bit for bit (float32), found next to ``log(alpha)``."""
+    l = alpha.log()
+    ok = l.exp() == alpha
+    up, down = l.clone(), l.clone()
+    for _ in range(64):
+        if bool(ok.all()):
+            break
+        up = torch.nextafter(up, torch.full_like(up, float("inf")))
+        down = torch.nextafter(down, torch.full_like(down, float("-inf")))
+        for cand in (up, down):
+            hit = ~ok & (cand.exp() == alpha)
+            l = torch.where(hit, cand, l)
+            ok = ok | hit
+    return l
+
+
+def _info(meta: dict[str, str], path: Path) -> ModelInfo:
+    if int(meta.get("packed_format_version", "0")) > PACKED_VERSION:
+        raise SrqError(f"{path} was written by a newer srq (packed format "
+                       f"{meta['packed_format_version']}); upgrade srq")
+    return ModelInfo.from_metadata({**meta, "format": QUANTIZED}, path)
+
+
+def read_packed_info(path: str | os.PathLike) -> ModelInfo:
+    path = Path(path)
+    meta = packed_metadata(path)
+    if meta is None:
+        raise SrqError(f"{path} is not an srq packed file")
+    return _info(meta, path)
+
+
+def load_packed(path: str | os.PathLike) -> tuple[nn.Module, ModelInfo]:
+    """Rebuild the quantized PyTorch model stored in an ``srq.packed`` file (eval mode)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SrqError(f"model file not found: {path}")
+    meta = packed_metadata(path)
+    if meta is None:
+        raise SrqError(f"{path} is not an srq packed file")
+    info = _info(meta, path)
+    try:
+        layers = json.loads(meta["layers"])
+        tensors = load_file(str(path))
+    except (KeyError, ValueError) as exc:
+        raise SrqError(f"{path} has damaged srq metadata ({short_reason(exc)})") from exc
+    except (SafetensorError, OSError) as exc:
+        raise SrqError(f"{path} is not a valid safetensors file: {short_reason(exc)}") from exc
+    model = build_model(info.arch, info.num_classes, info.in_channels)
+    rebuild_quantized(model, info.plan, info.recipe.quant)
+    state = {k: v for k, v in model.state_dict().items()}
+    modules = dict(model.named_modules())
+    try:
+        for name, spec in layers.items():
+            layer = modules.get(name)
+            if layer is None or not is_quant_layer(layer):
+                raise SrqError(f"{path} is damaged: layer {name} does not exist in {info.arch}")
+            state.update(_layer_state(name, spec, layer, tensors))
+        for key, value in tensors.items():
+            if key.endswith((".weight.packed", ".weight.step", ".input.step", ".deploy.scale", ".deploy.bias")):
+                continue
+            if key not in state:
+                raise SrqError(f"{path} is damaged: unexpected tensor {key}")
+            state[key] = value
+        model.load_state_dict(state, strict=True)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise SrqError(f"{path} is damaged: {short_reason(exc)}") from exc
+    missing = [name for name, _ in quant_layers(model) if name not in layers]
+    if missing:
+        raise SrqError(f"{path} is damaged: no codes for layer {missing[0]}")
+    return model.eval(), info
+
+
+def _layer_state(name: str, spec: dict, layer: nn.Module, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    bits, shape = int(spec["bits"]), tuple(spec["shape"])
+    if tuple(layer.weight.shape) != shape or bits != layer.weight_quant.bits:
+        raise ValueError(f"layer {name}: stored shape/bits {shape}/{bits} do not match the model")
+    count = int(np.prod(shape))
+    raw = tensors[f"{name}.weight.packed"].numpy()
+    if raw.size != packed_nbytes(count, bits):
+        raise ValueError(f"layer {name}: {raw.size} packed bytes, expected {packed_nbytes(count, bits)}")
+    kmin = -(1 << (bits - 1))
+    codes = torch.from_numpy(unpack_bits(raw, bits, count) + kmin).reshape(shape).float()
+    wq, iq = layer.weight_quant, layer.input_quant
+    alpha = tensors[f"{name}.weight.step"].float().reshape(wq.log_alpha.shape)
+    act = tensors[f"{name}.input.step"].float().reshape(iq.log_alpha.shape)
+    if not (torch.isfinite(alpha).all() and (alpha > 0).all() and torch.isfinite(act).all() and (act > 0).all()):
+        raise ValueError(f"layer {name}: steps must be positive")
+    out = {f"{name}.weight": codes * alpha}
+    for prefix, q, step, signed in (("weight_quant", wq, alpha, True), ("input_quant", iq, act, bool(spec["act_signed"]))):
+        log_alpha = _exact_log(step)
+        out[f"{name}.{prefix}.log_alpha"] = log_alpha
+        out[f"{name}.{prefix}.log_sigma"] = (step * q.sigma_init).log()
+        out[f"{name}.{prefix}.initialized"] = torch.tensor(True)
+        out[f"{name}.{prefix}.signed_flag"] = torch.tensor(signed)
+    return out

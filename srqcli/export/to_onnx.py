@@ -1,0 +1,630 @@
+"""Build an ONNX graph of a quantized model from its torch.fx trace (method.md §7).
+
+Two layouts:
+
+``qdq`` (default): weights are integer codes in int8 containers followed by
+``DequantizeLinear`` (per output channel, axis 0, when a BatchNorm is folded in or the weight
+steps are per channel); each quantized layer's input is ``QuantizeLinear → DequantizeLinear``
+(uint8 when the range is non-negative, else int8) and, when the layer's grid is narrower than
+the container, ``Clip`` to the b-bit range followed by a second ``Q → DQ``. Where the value a
+layer quantizes is produced by a convolution or linear layer through ops that commute with
+quantization (ReLU, ReLU6/Hardtanh as clip bounds, max-pooling, flatten, dropout), the
+quantizer is moved onto that producer's output, giving
+
+    DQ(x) → Conv(DQ(w), DQ(b:int32)) → Q(u8) → DQ → Clip(b-bit range) → Q → DQ → next Conv
+
+which onnxruntime fuses into ``QLinearConv`` (environment.md). The move is exact: a ReLU is
+the container's saturation at 0, a ReLU6 is a tighter clip bound, and max-pool/flatten commute
+with a monotone elementwise quantizer. A conv whose output is read in float (a residual add,
+average pooling, the logits) keeps a float bias and runs as ``DQ → Conv``.
+
+``packed``: the same graph with weight initializers stored at their true width where the
+opset allows: INT4 (opset ≥ 21) for 3–4-bit weights, INT2 (opset ≥ 25) for 2-bit weights
+(INT4 below opset 25), int8 for 5–8 bits. onnxruntime executes these with float kernels after
+``DequantizeLinear`` (no integer fusion); it is the smallest file, not the fastest.
+
+The network's float BatchNorms that do not follow a layer become ``BatchNormalization``.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+from torch import fx, nn
+
+from srqcli.errors import SrqError
+from srqcli.export.encodings import ActEncoding, FrozenLayer, FrozenModel, bn_affine
+from srqcli.export.graph import TracedModel
+from srqcli.export.packing import pack_bits
+from srqcli.nn.layers import is_quant_layer
+
+LAYOUTS = ("qdq", "packed")
+DEFAULT_OPSET = {"qdq": 17, "packed": 21}
+MIN_OPSET = {"qdq": 13, "packed": 21}
+INT2_OPSET = 25
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+def max_onnx_opset() -> int:
+    return onnx.defs.onnx_opset_version()
+
+
+def check_opset(layout: str, opset: int | None) -> int:
+    """The opset to write; one-line :class:`SrqError` when onnx cannot write it."""
+    if layout not in LAYOUTS:
+        raise SrqError(f"unknown ONNX layout {layout!r}; use {' or '.join(LAYOUTS)}")
+    if opset is None:
+        return DEFAULT_OPSET[layout]
+    top = max_onnx_opset()
+    if opset > top:
+        raise SrqError(f"opset {opset} is newer than the installed onnx {onnx.__version__} can write "
+                       f"(at most {top}); pass --opset {top} or lower, or upgrade onnx")
+    if opset < MIN_OPSET[layout]:
+        why = "INT4 initializers" if layout == "packed" else "per-channel QuantizeLinear/DequantizeLinear"
+        raise SrqError(f"the {layout} layout needs opset {MIN_OPSET[layout]} or newer ({why}); got --opset {opset}")
+    return opset
+
+
+# --------------------------------------------------------------------------------------------
+# classification of traced nodes
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Op:
+    """What a traced node does, in export's terms."""
+
+    kind: str  # relu | clip | maxpool | flatten | reshape | noop | other
+    lo: float = -math.inf
+    hi: float = math.inf
+
+
+#: ops a quantizer can move across: range limits (absorbed) or pure data movement (repeated)
+_TRANSPARENT = ("relu", "clip", "maxpool", "flatten", "reshape", "noop")
+
+
+def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _same_shape(node: fx.Node, traced: TracedModel) -> bool:
+    src = node.args[0] if node.args else None
+    return isinstance(src, fx.Node) and traced.shape(src) is not None and traced.shape(src) == traced.shape(node)
+
+
+def classify(node: fx.Node, traced: TracedModel) -> _Op:
+    m = traced.module(node)
+    if node.op == "call_module":
+        if isinstance(m, nn.ReLU):
+            return _Op("relu", 0.0)
+        if isinstance(m, nn.ReLU6):
+            return _Op("clip", 0.0, 6.0)
+        if isinstance(m, nn.Hardtanh):
+            return _Op("clip", float(m.min_val), float(m.max_val))
+        if isinstance(m, nn.MaxPool2d) and not m.return_indices:
+            return _Op("maxpool")
+        if isinstance(m, nn.Flatten):
+            return _Op("flatten")
+        if isinstance(m, (nn.Dropout, nn.Identity)):
+            return _Op("noop")
+        if isinstance(m, nn.AdaptiveAvgPool2d) and _same_shape(node, traced):
+            return _Op("noop")
+        return _Op("other")
+    if node.op == "call_function":
+        t = node.target
+        if t in (F.relu, torch.relu):
+            return _Op("relu", 0.0)
+        if t is F.relu6:
+            return _Op("clip", 0.0, 6.0)
+        if t is F.hardtanh:
+            return _Op("clip", float(_arg(node, 1, "min_val", -1.0)), float(_arg(node, 2, "max_val", 1.0)))
+        if t is F.max_pool2d and not _arg(node, 6, "return_indices", False):
+            return _Op("maxpool")
+        if t is torch.flatten:
+            return _Op("flatten")
+        if t is F.dropout:
+            return _Op("noop")
+        return _Op("other")
+    if node.op == "call_method":
+        if node.target in ("relu", "relu_"):
+            return _Op("relu", 0.0)
+        if node.target == "flatten":
+            return _Op("flatten")
+        if node.target in ("view", "reshape"):
+            return _Op("reshape")
+        if node.target == "contiguous":
+            return _Op("noop")
+    return _Op("other")
+
+
+@dataclass
+class _Placement:
+    """A layer-input quantizer moved onto the output of ``producer``."""
+
+    encoding: ActEncoding
+    lo: int
+    hi: int
+    chain: list[fx.Node]  # transparent nodes between producer and the layer, producer side first
+    consumer: fx.Node
+
+
+def _round_half_even(v: float) -> int:
+    return int(torch.round(torch.tensor(v, dtype=torch.float32)))
+
+
+def _clip_codes(enc: ActEncoding, op: _Op, lo: int, hi: int) -> tuple[int, int]:
+    """Code range after a range-limiting op ``op`` (bounds divided by the step as PyTorch does)."""
+    step = torch.tensor(enc.step, dtype=torch.float32)
+    if math.isfinite(op.lo):
+        lo = max(lo, int(torch.round(torch.tensor(op.lo, dtype=torch.float32) / step)))
+    if math.isfinite(op.hi):
+        hi = min(hi, int(torch.round(torch.tensor(op.hi, dtype=torch.float32) / step)))
+    return lo, max(lo, hi)
+
+
+def plan_placements(traced: TracedModel, frozen: FrozenModel) -> tuple[dict[fx.Node, _Placement], set[fx.Node]]:
+    """Where each layer-input quantizer goes; the transparent nodes absorbed by moving it."""
+    placements: dict[fx.Node, _Placement] = {}
+    absorbed: set[fx.Node] = set()
+    for node in traced.gm.graph.nodes:
+        if node.op != "call_module" or str(node.target) not in frozen.layers:
+            continue
+        enc = frozen.layers[str(node.target)].act
+        src = node.args[0]
+        chain: list[fx.Node] = []
+        cur = src
+        while isinstance(cur, fx.Node) and len(cur.users) == 1 and classify(cur, traced).kind in _TRANSPARENT:
+            chain.append(cur)
+            cur = cur.args[0]
+        if not isinstance(cur, fx.Node) or len(cur.users) != 1 or cur in placements:
+            continue  # read elsewhere too: quantize at the layer's input only
+        if cur.op == "placeholder":
+            continue
+        lo, hi = enc.grid.kmin, enc.grid.kmax
+        for c in chain:
+            op = classify(c, traced)
+            if op.kind in ("relu", "clip"):
+                lo, hi = _clip_codes(enc, op, lo, hi)
+        placements[cur] = _Placement(enc, lo, hi, list(reversed(chain)), node)
+        absorbed.update(chain)
+    return placements, absorbed
+
+
+# --------------------------------------------------------------------------------------------
+# graph builder
+# --------------------------------------------------------------------------------------------
+
+def _container(lo: int) -> tuple[int, Any, int, int]:
+    """ONNX type, numpy dtype and range of the 8-bit container for codes ``≥ lo``."""
+    if lo >= 0:
+        return TensorProto.UINT8, np.uint8, 0, 255
+    return TensorProto.INT8, np.int8, -128, 127
+
+
+@dataclass
+class OnnxStats:
+    """What the builder did, for reports and tests."""
+
+    fused_candidates: list[str] = field(default_factory=list)  # layers with a Q on their output
+    float_output_layers: list[str] = field(default_factory=list)
+    weight_types: dict[str, str] = field(default_factory=dict)
+
+
+class _Builder:
+    def __init__(self, traced: TracedModel, frozen: FrozenModel, layout: str, opset: int) -> None:
+        self.traced, self.frozen, self.layout, self.opset = traced, frozen, layout, opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.used: set[str] = set()
+        self.consts: dict[tuple, str] = {}
+        self.env: dict[fx.Node, str] = {}
+        self.quantized_input: dict[fx.Node, str] = {}  # layer node → its quantized input (DQ name)
+        self.placements, self.absorbed = plan_placements(traced, frozen)
+        self.stats = OnnxStats()
+
+    # -- naming and constants ----------------------------------------------------------------
+    def fresh(self, base: str) -> str:
+        base = base.replace("/", ".") or "t"
+        name, i = base, 1
+        while name in self.used:
+            i += 1
+            name = f"{base}_{i}"
+        self.used.add(name)
+        return name
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        name = self.fresh(name)
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def raw_init(self, name: str, dtype: int, dims: list[int], raw: bytes) -> str:
+        name = self.fresh(name)
+        self.inits.append(helper.make_tensor(name, dtype, dims, raw, raw=True))
+        return name
+
+    def const(self, array: np.ndarray, base: str = "const") -> str:
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self.consts:
+            self.consts[key] = self.init(base, array)
+        return self.consts[key]
+
+    def op(self, op_type: str, inputs: list[str], base: str, **attrs: Any) -> str:
+        out = self.fresh(base)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.fresh(f"{base}/{op_type}"), **attrs))
+        return out
+
+    # -- quantization ------------------------------------------------------------------------
+    def quantize_act(self, x: str, enc: ActEncoding, lo: int, hi: int, base: str, *,
+                     after_layer: bool = False, clip: bool = True) -> str:
+        """Quantize ``x`` to codes ``lo…hi`` of step ``enc.step``; returns the DQ output.
+
+        On a layer's output (``after_layer``) the pattern onnxruntime fuses is
+        ``Q → DQ → Clip → Q → DQ`` (a Clip right after the conv blocks fusion); elsewhere the
+        shorter ``Clip → Q → DQ``. Both are exact: the Clip bounds are grid values
+        ``fl32(lo·α)``, ``fl32(hi·α)`` and quantize back to ``lo``/``hi``.
+        """
+        _, dtype, cmin, cmax = _container(lo)
+        scale = self.const(np.array(enc.step, dtype=np.float32), "act_scale")
+        zp = self.const(np.array(0, dtype=dtype), f"zp_{np.dtype(dtype).name}")
+        narrow = clip and (lo > cmin or hi < cmax)
+        if narrow:
+            step = np.float32(enc.step)
+            cl = self.const(np.array(np.float32(lo) * step, dtype=np.float32), "clip_lo")
+            ch = self.const(np.array(np.float32(hi) * step, dtype=np.float32), "clip_hi")
+        if narrow and not after_layer:
+            x = self.op("Clip", [x, cl, ch], f"{base}.clip")
+        q = self.op("QuantizeLinear", [x, scale, zp], f"{base}.q")
+        d = self.op("DequantizeLinear", [q, scale, zp], f"{base}.dq")
+        if narrow and after_layer:
+            c = self.op("Clip", [d, cl, ch], f"{base}.clip")
+            q = self.op("QuantizeLinear", [c, scale, zp], f"{base}.q2")
+            d = self.op("DequantizeLinear", [q, scale, zp], f"{base}.dq2")
+        return d
+
+    def weight(self, fl: FrozenLayer) -> tuple[str, np.ndarray]:
+        """Dequantized weight tensor name; returns also the float32 per-channel scale used."""
+        packed = self.layout == "packed"
+        codes = (fl.codes if packed else fl.deploy_codes).numpy()
+        # packed: trained codes, a negative γ stays in the scale (INT4 cannot hold −(−8))
+        scale = (fl.signed_scale if packed else fl.scale).numpy().astype(np.float32)
+        per_channel = fl.per_channel or fl.bn is not None or len(np.unique(scale)) > 1
+        base = f"{fl.name}.weight"
+        bits = fl.weight_bits
+        if packed and bits <= 2 and self.opset >= INT2_OPSET:
+            dtype, width = TensorProto.INT2, 2
+        elif packed and bits <= 4:
+            dtype, width = TensorProto.INT4, 4
+        else:
+            dtype, width = TensorProto.INT8, 8
+        self.stats.weight_types[fl.name] = TensorProto.DataType.Name(dtype)
+        if width == 8:
+            q = self.init(f"{base}.codes", codes.astype(np.int8))
+            zp_arr = np.zeros(fl.out_channels if per_channel else (), dtype=np.int8)
+            zp = self.init(f"{base}.zero_point", zp_arr)
+        else:
+            raw = pack_bits(codes.astype(np.int64) & ((1 << width) - 1), width)
+            q = self.raw_init(f"{base}.codes", dtype, list(codes.shape), raw)
+            n = fl.out_channels if per_channel else 1
+            zp_raw = bytes((n * width + 7) // 8)
+            zp = self.raw_init(f"{base}.zero_point", dtype, [n] if per_channel else [], zp_raw)
+        s = self.init(f"{base}.scale", scale if per_channel else np.array(scale[0], dtype=np.float32))
+        attrs = {"axis": 0} if per_channel else {}
+        return self.op("DequantizeLinear", [q, s, zp], base, **attrs), scale
+
+    def bias(self, fl: FrozenLayer) -> str | None:
+        """Float bias. onnxruntime quantizes it to int32 itself when it fuses the layer; an
+        int32 bias in the graph would round it for ``ORT_DISABLE_ALL`` too (≈1% code flips
+        against PyTorch, measured on LeNet-5) without making fusion any better."""
+        if fl.deploy_bias is None:
+            return None
+        return self.init(f"{fl.name}.bias", fl.deploy_bias.numpy().astype(np.float32))
+
+    # -- layers ------------------------------------------------------------------------------
+    def output_quantized(self, node: fx.Node) -> bool:
+        if node in self.placements:
+            return True
+        users = list(node.users)
+        if len(users) == 1:
+            bn = self.traced.module(users[0])
+            if bn is not None and self.frozen.bn_folds.get(str(node.target)) == str(users[0].target):
+                return users[0] in self.placements
+        return False
+
+    def quant_layer(self, node: fx.Node, fl: FrozenLayer) -> str:
+        x = self.quantized_input.get(node)
+        if x is None:
+            x = self.quantize_act(self.value(node.args[0]), fl.act, fl.act.grid.kmin, fl.act.grid.kmax,
+                                  f"{fl.name}.input")
+        fused = self.output_quantized(node)
+        (self.stats.fused_candidates if fused else self.stats.float_output_layers).append(fl.name)
+        w, _ = self.weight(fl)
+        b = self.bias(fl)
+        inputs = [x, w] + ([b] if b else [])
+        if fl.kind == "conv":
+            k = list(fl.codes.shape[2:])
+            return self.op("Conv", inputs, fl.name, kernel_shape=k, strides=list(fl.stride),
+                           pads=list(fl.padding) * 2, dilations=list(fl.dilation), group=fl.groups)
+        return self.linear(node, inputs, fl.name)
+
+    def linear(self, node: fx.Node, inputs: list[str], name: str) -> str:
+        shape = self.traced.shape(node.args[0])  # type: ignore[arg-type]
+        if shape is not None and len(shape) == 2:
+            return self.op("Gemm", inputs, name, transB=1)
+        wt = self.op("Transpose", [inputs[1]], f"{name}.weight_t", perm=[1, 0])
+        y = self.op("MatMul", [inputs[0], wt], f"{name}.matmul")
+        return self.op("Add", [y, inputs[2]], name) if len(inputs) > 2 else y
+
+    def float_layer(self, node: fx.Node, m: nn.Module) -> str:
+        name = str(node.target)
+        w = m.weight.detach().double()
+        b = m.bias.detach().double() if m.bias is not None else None
+        bn_name = self.frozen.bn_folds.get(name)
+        if bn_name:
+            g, h = bn_affine(self.traced.modules[bn_name])
+            w = w * g.reshape(-1, *([1] * (w.dim() - 1)))
+            b = h + (b * g if b is not None else 0.0)
+        inputs = [self.value(node.args[0]), self.init(f"{name}.weight", w.float().numpy())]
+        if b is not None:
+            inputs.append(self.init(f"{name}.bias", b.float().numpy()))
+        if isinstance(m, nn.Conv2d):
+            if m.padding_mode != "zeros" or isinstance(m.padding, str):
+                raise SrqError(f"layer {name}: only integer zero padding can be exported")
+            return self.op("Conv", inputs, name, kernel_shape=list(m.kernel_size), strides=list(m.stride),
+                           pads=list(m.padding) * 2, dilations=list(m.dilation), group=m.groups)
+        return self.linear(node, inputs, name)
+
+    # -- everything else ---------------------------------------------------------------------
+    def value(self, a: Any) -> str:
+        if isinstance(a, fx.Node):
+            return self.env[a]
+        if isinstance(a, (int, float)):
+            return self.const(np.array(a, dtype=np.float32))
+        raise SrqError(f"cannot export a non-tensor argument {a!r}")
+
+    def reshape(self, node: fx.Node, x: str, base: str) -> str:
+        src = node.args[0]
+        out = self.traced.shape(node)
+        inp = self.traced.shape(src) if isinstance(src, fx.Node) else None
+        if out is None:
+            raise SrqError(f"cannot export {node.format_node()}: unknown output shape")
+        target = list(out)
+        if inp is not None and inp and target and inp[0] == target[0] == self.traced.input_shape[0]:
+            target[0] = 0  # keep the batch dimension dynamic
+            if len(target) == 2:
+                return self.op("Flatten", [x], base, axis=1)
+        return self.op("Reshape", [x, self.const(np.array(target, dtype=np.int64), "shape")], base)
+
+    def pool(self, node: fx.Node, kind: str, x: str, base: str, m: nn.Module | None) -> str:
+        def pair(v: Any) -> list[int]:
+            return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
+
+        if kind == "maxpool":
+            if m is not None:
+                k, s, p, d, ceil = m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode
+            else:
+                k = _arg(node, 1, "kernel_size", None)
+                s = _arg(node, 2, "stride", None) or k
+                p, d = _arg(node, 3, "padding", 0), _arg(node, 4, "dilation", 1)
+                ceil = _arg(node, 5, "ceil_mode", False)
+            s = s or k
+            return self.op("MaxPool", [x], base, kernel_shape=pair(k), strides=pair(s),
+                           pads=pair(p) * 2, dilations=pair(d), ceil_mode=int(ceil))
+        if kind == "avgpool":
+            if m is not None:
+                k, s, p = m.kernel_size, m.stride, m.padding
+                ceil, cip, div = m.ceil_mode, m.count_include_pad, m.divisor_override
+            else:
+                k = _arg(node, 1, "kernel_size", None)
+                s = _arg(node, 2, "stride", None) or k
+                p, ceil = _arg(node, 3, "padding", 0), _arg(node, 4, "ceil_mode", False)
+                cip, div = _arg(node, 5, "count_include_pad", True), _arg(node, 6, "divisor_override", None)
+            if div:
+                raise SrqError(f"{base}: avg_pool2d divisor_override cannot be exported")
+            s = s or k
+            return self.op("AveragePool", [x], base, kernel_shape=pair(k), strides=pair(s),
+                           pads=pair(p) * 2, ceil_mode=int(ceil), count_include_pad=int(cip))
+        # adaptive average pooling
+        src = self.traced.shape(node.args[0])  # type: ignore[arg-type]
+        size = m.output_size if m is not None else _arg(node, 1, "output_size", None)
+        if src is None or len(src) != 4:
+            raise SrqError(f"{base}: adaptive pooling needs a 4-D input")
+        h, w = src[2], src[3]
+        oh, ow = (size, size) if isinstance(size, int) else size
+        oh, ow = oh or h, ow or w
+        if (oh, ow) == (1, 1):
+            return self.op("GlobalAveragePool", [x], base)
+        if (oh, ow) == (h, w):
+            return self.op("Identity", [x], base)
+        if h % oh or w % ow:
+            raise SrqError(f"{base}: adaptive average pooling from {h}x{w} to {oh}x{ow} is not a "
+                           "fixed-window pooling and cannot be exported; change the input size")
+        kk = [h // oh, w // ow]
+        return self.op("AveragePool", [x], base, kernel_shape=kk, strides=kk)
+
+    def clip(self, x: str, lo: float, hi: float, base: str) -> str:
+        return self.op("Clip", [x, self.const(np.array(lo, dtype=np.float32), "clip_lo"),
+                                self.const(np.array(hi, dtype=np.float32), "clip_hi")], base)
+
+    def transparent(self, node: fx.Node, op: _Op, x: str, base: str) -> str:
+        m = self.traced.module(node)
+        if op.kind == "relu":
+            return self.op("Relu", [x], base)
+        if op.kind == "clip":
+            return self.clip(x, op.lo, op.hi, base)
+        if op.kind == "maxpool":
+            return self.pool(node, "maxpool", x, base, m)
+        if op.kind in ("flatten", "reshape"):
+            return self.reshape(node, x, base)
+        return x  # noop
+
+    def generic(self, node: fx.Node) -> str:
+        base = str(node.target) if node.op == "call_module" else node.name
+        m = self.traced.module(node)
+        op = classify(node, self.traced)
+        if op.kind in _TRANSPARENT:
+            return self.transparent(node, op, self.value(node.args[0]), base)
+        t = node.target
+        if m is not None:
+            x = self.value(node.args[0])
+            if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+                g, h = bn_affine(m)
+                return self.op("BatchNormalization", [
+                    x, self.init(f"{base}.scale", g.float().numpy()), self.init(f"{base}.bias", h.float().numpy()),
+                    self.init(f"{base}.mean", np.zeros(len(g), np.float32)),
+                    self.init(f"{base}.var", np.ones(len(g), np.float32))], base, epsilon=0.0)
+            if isinstance(m, nn.AvgPool2d):
+                return self.pool(node, "avgpool", x, base, m)
+            if isinstance(m, nn.AdaptiveAvgPool2d):
+                return self.pool(node, "adaptive", x, base, m)
+            if isinstance(m, nn.Sigmoid):
+                return self.op("Sigmoid", [x], base)
+            if isinstance(m, nn.SiLU):
+                return self.op("Mul", [x, self.op("Sigmoid", [x], f"{base}.sigmoid")], base)
+            if isinstance(m, nn.Hardswish):
+                return self.op("HardSwish", [x], base)
+            if isinstance(m, nn.Hardsigmoid):
+                return self.op("HardSigmoid", [x], base, alpha=1.0 / 6, beta=0.5)
+            if isinstance(m, nn.Tanh):
+                return self.op("Tanh", [x], base)
+            if isinstance(m, nn.Softmax):
+                return self.op("Softmax", [x], base, axis=int(m.dim if m.dim is not None else -1))
+            raise SrqError(f"cannot export module {base} ({type(m).__name__}): not supported by srq's ONNX export")
+        if node.op == "call_function" or node.op == "call_method":
+            name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+            if t in (operator.add, operator.iadd, torch.add) or name in ("add", "add_", "__add__", "__iadd__"):
+                if node.kwargs.get("alpha", 1) != 1:
+                    raise SrqError(f"cannot export {node.format_node()}: add with alpha")
+                return self.op("Add", [self.value(node.args[0]), self.value(node.args[1])], base)
+            if t in (operator.mul, operator.imul, torch.mul) or name in ("mul", "mul_"):
+                return self.op("Mul", [self.value(node.args[0]), self.value(node.args[1])], base)
+            if t in (torch.cat, torch.concat):
+                tensors = node.args[0]
+                dim = int(_arg(node, 1, "dim", 0))
+                return self.op("Concat", [self.value(a) for a in tensors], base, axis=dim)  # type: ignore[union-attr]
+            if t in (F.adaptive_avg_pool2d,):
+                return self.pool(node, "adaptive", self.value(node.args[0]), base, None)
+            if t in (F.avg_pool2d,):
+                return self.pool(node, "avgpool", self.value(node.args[0]), base, None)
+            if t in (torch.sigmoid, F.sigmoid) or name == "sigmoid":
+                return self.op("Sigmoid", [self.value(node.args[0])], base)
+            if t in (F.silu,):
+                x = self.value(node.args[0])
+                return self.op("Mul", [x, self.op("Sigmoid", [x], f"{base}.sigmoid")], base)
+            if t in (F.hardswish,):
+                return self.op("HardSwish", [self.value(node.args[0])], base)
+            if t in (torch.mean,) or name == "mean":
+                dims = _arg(node, 1, "dim", None)
+                keep = bool(_arg(node, 2, "keepdim", False))
+                dims = [dims] if isinstance(dims, int) else list(dims)
+                x = self.value(node.args[0])
+                if self.opset >= 18:
+                    return self.op("ReduceMean", [x, self.const(np.array(dims, dtype=np.int64), "axes")],
+                                   base, keepdims=int(keep))
+                return self.op("ReduceMean", [x], base, axes=dims, keepdims=int(keep))
+        raise SrqError(f"cannot export {node.format_node()}: operation not supported by srq's ONNX export")
+
+    # -- driver ------------------------------------------------------------------------------
+    def build(self) -> onnx.GraphProto:
+        output: str | None = None
+        for node in self.traced.gm.graph.nodes:
+            if node.op == "placeholder":
+                if node.name in self.env.values() or self.env:
+                    raise SrqError("cannot export a model with more than one input")
+                self.used.add(INPUT_NAME)
+                self.env[node] = INPUT_NAME
+                continue
+            if node.op == "get_attr":
+                raise SrqError(f"cannot export {node.format_node()}: parameters used outside layers")
+            if node.op == "output":
+                out = node.args[0]
+                if not isinstance(out, fx.Node):
+                    raise SrqError("cannot export a model that returns several outputs")
+                output = self.env[out]
+                continue
+            if node in self.absorbed:
+                continue
+            m = self.traced.module(node)
+            name = str(node.target)
+            if m is not None and is_quant_layer(m):
+                y = self.quant_layer(node, self.frozen.layers[name])
+            elif m is not None and isinstance(m, (nn.Conv2d, nn.Linear)):
+                y = self.float_layer(node, m)
+            elif m is not None and name in self.frozen.bn_folds.values() and \
+                    self.frozen.bn_folds.get(str(node.args[0].target)) == name:
+                y = self.env[node.args[0]]  # folded into the layer before
+            else:
+                y = self.generic(node)
+            self.env[node] = y
+            if node in self.placements:
+                self.place(node, y)
+        if output is None:
+            raise SrqError("cannot export: the traced model has no output")
+        # rename the output tensor
+        self.nodes.append(helper.make_node("Identity", [output], [OUTPUT_NAME], name="output"))
+        shape = list(self.traced.input_shape)
+        inp = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", *shape[1:]])
+        out_shape = self.traced.shape(next(n for n in self.traced.gm.graph.nodes if n.op == "output").args[0])
+        dims = ["N", *out_shape[1:]] if out_shape else None
+        outp = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, dims)
+        return helper.make_graph(self.nodes, "srq", [inp], [outp], initializer=self.inits)
+
+    def place(self, node: fx.Node, y: str) -> None:
+        """Emit a moved quantizer on ``y`` and the transparent ops after it."""
+        pl = self.placements[node]
+        base = f"{pl.consumer.target}.input"
+        x = self.quantize_act(y, pl.encoding, pl.lo, pl.hi, base, after_layer=True)
+        moved = False
+        for c in pl.chain:
+            op = classify(c, self.traced)
+            if op.kind in ("relu", "clip", "noop"):
+                continue  # absorbed into the code range
+            x = self.transparent(c, op, x, f"{base}.{c.name}")
+            moved = True
+        if moved:  # data movement on grid values: re-quantize (exact) so the layer sees DQ
+            x = self.quantize_act(x, pl.encoding, pl.lo, pl.hi, f"{base}.re", clip=False)
+        self.quantized_input[pl.consumer] = x
+
+
+def build_onnx(traced: TracedModel, frozen: FrozenModel, *, layout: str = "qdq", opset: int | None = None,
+               metadata: dict[str, str] | None = None) -> tuple[onnx.ModelProto, OnnxStats]:
+    """The ONNX model of a traced, frozen quantized model (not yet checked)."""
+    opset = check_opset(layout, opset)
+    if layout == "packed" and opset < INT2_OPSET and any(fl.weight_bits <= 2 for fl in frozen.layers.values()):
+        pass  # 2-bit layers go into INT4 containers below opset 25
+    builder = _Builder(traced, frozen, layout, opset)
+    graph = builder.build()
+    ops = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=ops, producer_name="srq",
+                              ir_version=helper.find_min_ir_version_for(ops))
+    if metadata:
+        helper.set_model_props(model, metadata)
+    return model, builder.stats
+
+
+def output_step(traced: TracedModel, frozen: FrozenModel) -> float | None:
+    """Resolution of the model output: ``α_x·max_c scale_c`` of the quantized layer producing it
+    (through flatten/dropout-like ops), ``None`` when the output is not a quantized layer's."""
+    out = next(n for n in traced.gm.graph.nodes if n.op == "output").args[0]
+    while isinstance(out, fx.Node):
+        name = str(out.target)
+        if out.op == "call_module" and name in frozen.layers:
+            fl = frozen.layers[name]
+            return float(np.float32(fl.act.step) * fl.scale.abs().max().item())
+        if out.op == "call_module" and name in frozen.bn_folds.values():
+            out = out.args[0]
+            continue
+        if classify(out, traced).kind in ("noop", "flatten", "reshape"):
+            out = out.args[0]
+            continue
+        return None
+    return None

@@ -1,0 +1,288 @@
+"""``srq export``: a quantized model to ONNX (qdq or packed layout) or packed safetensors.
+
+Every artifact is written to a temporary file next to its destination, verified there, and
+only then renamed into place: an export that fails verification leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from srqcli import __version__
+from srqcli.errors import SrqError, short_reason
+from srqcli.export.encodings import FrozenModel, freeze_model
+from srqcli.export.graph import trace
+from srqcli.export.packing import packed_nbytes
+from srqcli.io.atomic import atomic_path
+from srqcli.io.quantized import FLOAT, QUANTIZED, ModelInfo, load_model
+
+FORMATS = ("onnx", "safetensors")
+ONNX_FORMAT = "srq.onnx"
+ONNX_FORMAT_VERSION = 1
+META_PREFIX = "srq."
+RUN_MODEL = "model.safetensors"
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    layout: str | None
+    opset: int | None
+    bytes: int
+    source: Path
+    verify: dict[str, Any] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "format": self.format, "layout": self.layout, "opset": self.opset,
+                "bytes": self.bytes, "source": str(self.source), "verify": self.verify, **self.details}
+
+
+# --------------------------------------------------------------------------------------------
+# sources
+# --------------------------------------------------------------------------------------------
+
+def resolve_source(target: str | os.PathLike) -> Path:
+    """The quantized model file behind ``target`` (a run folder or a model file)."""
+    path = Path(target)
+    if path.is_dir():
+        model = path / RUN_MODEL
+        if not model.is_file():
+            raise SrqError(f"{path} is not an srq run folder ({RUN_MODEL} not found)")
+        return model
+    if not path.exists():
+        raise SrqError(f"model not found: {path} (pass an srq run folder or its model.safetensors)")
+    return path
+
+
+def _safetensors_format(path: Path) -> str | None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SrqError(f"{path} is not a valid safetensors file: {short_reason(exc)}") from exc
+
+
+def load_quantized_source(path: Path) -> tuple[nn.Module, ModelInfo]:
+    """Load a quantized srq model (``srq.quantized`` or ``srq.packed``) for export."""
+    from srqcli.export.packed import PACKED, load_packed
+
+    if path.suffix == ".onnx":
+        raise SrqError(f"{path} is already an ONNX export; export from the run folder or its "
+                       "model.safetensors")
+    if path.suffix != ".safetensors":
+        raise SrqError(f"{path} is not an srq quantized model: export takes a run folder or the "
+                       "model.safetensors of srq quantize (quantize a float checkpoint first)")
+    fmt = _safetensors_format(path)
+    if fmt == FLOAT:
+        raise SrqError(f"{path} is a float model: quantize it first with srq quantize, then export "
+                       "the run folder")
+    if fmt == PACKED:
+        return load_packed(path)
+    if fmt != QUANTIZED:
+        raise SrqError(f"{path} is not an srq quantized model (no srq metadata): a float "
+                       "checkpoint must be quantized first with srq quantize")
+    model, info = load_model(path)
+    return model, info
+
+
+def default_output(source: Path, fmt: str, layout: str) -> Path:
+    stem = source.name[: -len(".safetensors")] if source.name.endswith(".safetensors") else source.stem
+    if stem.endswith(".packed"):
+        stem = stem[: -len(".packed")]
+    if fmt == "safetensors":
+        return source.with_name(f"{stem}.packed.safetensors")
+    return source.with_name(f"{stem}.onnx" if layout == "qdq" else f"{stem}.{layout}.onnx")
+
+
+# --------------------------------------------------------------------------------------------
+# verification inputs
+# --------------------------------------------------------------------------------------------
+
+def input_shape(info: ModelInfo, batch: int = 2) -> tuple[int, int, int, int]:
+    return (batch, info.in_channels, info.image_size, info.image_size)
+
+
+def verification_batches(info: ModelInfo, data: str | None, batches: int, batch_size: int = 32
+                         ) -> tuple[list[torch.Tensor], str]:
+    """``batches`` validation batches of ``data``, or standard-normal inputs without data."""
+    from srqcli.export.verify import random_batches
+
+    if batches < 1:
+        raise SrqError(f"--batches must be at least 1, got {batches}")
+    if data is None:
+        return random_batches(input_shape(info), batches, batch_size), f"{batches}×{batch_size} random inputs"
+    from srqcli.data import DataSpec, load_datasets, make_loaders
+
+    spec = DataSpec(source=data, batch_size=batch_size, image_size=info.image_size,
+                    resize_size=info.recipe.data.resize_size)
+    bundle = load_datasets(spec)
+    if bundle.num_classes != info.num_classes or bundle.in_channels != info.in_channels:
+        raise SrqError(f"the model expects {info.in_channels}-channel images of {info.num_classes} "
+                       f"classes but {data} has {bundle.in_channels} channels and {bundle.num_classes} classes")
+    _, val = make_loaders(bundle, min(batch_size, len(bundle.train)), 0, seed=0)
+    out = []
+    for images, _labels in val:
+        out.append(images)
+        if len(out) >= batches:
+            break
+    return out, f"{sum(len(b) for b in out)} images of {bundle.description}"
+
+
+# --------------------------------------------------------------------------------------------
+# metadata
+# --------------------------------------------------------------------------------------------
+
+def bit_allocation(frozen: FrozenModel) -> dict[str, Any]:
+    """Per-layer bits of the exported layers (schema ``srq.bit_allocation/1``)."""
+    layers = []
+    for fl in frozen.layers.values():
+        layers.append({
+            "name": fl.name, "type": "Conv2d" if fl.kind == "conv" else "Linear",
+            "shape": list(fl.codes.shape), "params": fl.params, "weight_bits": fl.weight_bits,
+            "granularity": "per-channel" if fl.per_channel else "per-tensor",
+            "act_bits": fl.act.bits, "act_signed": fl.act.signed, "act_step": fl.act.step,
+            "bn_folded": fl.bn, "packed_bytes": packed_nbytes(fl.params, fl.weight_bits),
+        })
+    params = sum(entry["params"] for entry in layers)
+    bits = sum(entry["params"] * entry["weight_bits"] for entry in layers)
+    return {"schema": "srq.bit_allocation/1", "layers": layers,
+            "totals": {"quantized_params": params, "avg_weight_bits": bits / params if params else None,
+                       "packed_weight_bytes": sum(entry["packed_bytes"] for entry in layers)}}
+
+
+def onnx_metadata(info: ModelInfo, frozen: FrozenModel, layout: str) -> dict[str, str]:
+    meta = {f"{META_PREFIX}{k}": v for k, v in info.metadata().items()}
+    meta.update({
+        "srq.format": ONNX_FORMAT, "srq.format_version": str(ONNX_FORMAT_VERSION),
+        "srq.version": __version__, "srq.layout": layout,
+        "srq.bit_allocation": json.dumps(bit_allocation(frozen)),
+        "srq.input": json.dumps({"name": "input", "layout": "NCHW", "channels": info.in_channels,
+                                 "size": info.image_size, "mean": list(info.mean), "std": list(info.std)}),
+    })
+    return meta
+
+
+def onnx_model_info(path: str | os.PathLike) -> ModelInfo:
+    """The :class:`ModelInfo` stored in an srq ONNX export's metadata."""
+    import onnx
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise SrqError(f"{path} is not a valid ONNX file: {short_reason(exc)}") from exc
+    props = {p.key: p.value for p in model.metadata_props}
+    if props.get("srq.format") != ONNX_FORMAT:
+        raise SrqError(f"{path} is not an srq ONNX export (no srq metadata)")
+    if int(props.get("srq.format_version", "0")) > ONNX_FORMAT_VERSION:
+        raise SrqError(f"{path} was written by a newer srq; upgrade srq")
+    meta = {k[len(META_PREFIX):]: v for k, v in props.items() if k.startswith(META_PREFIX)}
+    meta["format"] = QUANTIZED
+    return ModelInfo.from_metadata(meta, path)
+
+
+# --------------------------------------------------------------------------------------------
+# export
+# --------------------------------------------------------------------------------------------
+
+def export_onnx(model: nn.Module, info: ModelInfo, out: Path, *, layout: str = "qdq",
+                opset: int | None = None, verify: bool = True,
+                batches: list[torch.Tensor] | None = None, inputs: str = "random",
+                list_ops: bool = True) -> ExportResult:
+    """Build, check, (verify and) write the ONNX model of a quantized ``model``."""
+    import onnx
+
+    from srqcli.export.to_onnx import build_onnx, check_opset, output_step
+    from srqcli.export.verify import random_batches, verify_onnx
+
+    opset = check_opset(layout, opset)
+    traced = trace(model, input_shape(info))
+    frozen = freeze_model(model, traced.bn_folds)
+    proto, stats = build_onnx(traced, frozen, layout=layout, opset=opset,
+                              metadata=onnx_metadata(info, frozen, layout))
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # onnx.checker.ValidationError, shape inference errors
+        raise SrqError(f"the exported graph fails onnx.checker ({short_reason(exc)}); please report this") from exc
+    report = None
+    with atomic_path(out) as tmp:
+        onnx.save(proto, str(tmp))
+        if verify:
+            if batches is None:
+                batches = random_batches(input_shape(info), 2)
+            report = verify_onnx(tmp, model, batches, output_step(traced, frozen), inputs=inputs, list_ops=list_ops)
+            if not report.ok:
+                raise SrqError(f"verification failed, nothing written: onnxruntime disagrees with the "
+                               f"PyTorch model ({report.failure()})")
+    details = {"fused_candidates": stats.fused_candidates, "float_output_layers": stats.float_output_layers,
+               "weight_types": stats.weight_types}
+    return ExportResult(out, "onnx", layout, opset, out.stat().st_size, Path(),
+                        report.to_dict() if report else None, details)
+
+
+def export_safetensors(model: nn.Module, info: ModelInfo, out: Path, *, verify: bool = True,
+                       batches: list[torch.Tensor] | None = None) -> ExportResult:
+    """Write packed safetensors; verify that the loader gives identical outputs."""
+    from srqcli.export.packed import load_packed, save_packed
+    from srqcli.export.verify import random_batches
+
+    traced = trace(model, input_shape(info))
+    with atomic_path(out) as tmp:
+        sizes = save_packed(tmp, model, info, traced.bn_folds)
+        verify_info = None
+        if verify:
+            rebuilt, _ = load_packed(tmp)
+            batches = batches if batches is not None else random_batches(input_shape(info), 2)
+            with torch.no_grad():
+                same = all(torch.equal(model(x), rebuilt(x)) for x in batches)
+            if not same:
+                raise SrqError("verification failed, nothing written: the packed file does not "
+                               "reproduce the model's outputs exactly; please report this")
+            verify_info = {"round_trip_identical": True, "images": sum(len(x) for x in batches)}
+    return ExportResult(out, "safetensors", None, None, out.stat().st_size, Path(), verify_info, sizes)
+
+
+def run_export(target: str, *, fmt: str = "onnx", layout: str = "qdq", opset: int | None = None,
+               out: str | os.PathLike | None = None, data: str | None = None, verify: bool = True,
+               batches: int = 4, batch_size: int = 32, console: Console | None = None) -> ExportResult:
+    """``srq export``: load ``target``, export it and verify the artifact before writing it."""
+    from srqcli.export.to_onnx import LAYOUTS, check_opset
+
+    if fmt not in FORMATS:
+        raise SrqError(f"unknown export format {fmt!r}; use {' or '.join(FORMATS)}")
+    if fmt == "onnx":
+        check_opset(layout, opset)  # fail before loading anything
+    elif layout not in LAYOUTS:
+        raise SrqError(f"unknown layout {layout!r}; use {' or '.join(LAYOUTS)}")
+    elif opset is not None:
+        raise SrqError("--opset applies to --format onnx only")
+    source = resolve_source(target)
+    dest = Path(out) if out is not None else default_output(source, fmt, layout)
+    if dest.exists() and dest.resolve() == source.resolve():
+        raise SrqError(f"--out {dest} would overwrite the model being exported")
+    if dest.is_dir():
+        raise SrqError(f"--out {dest} is a folder; pass a file name")
+    model, info = load_quantized_source(source)
+    model = model.cpu().eval()
+    vb, desc = verification_batches(info, data, batches, batch_size) if verify else (None, "")
+    if console is not None and verify:
+        console.print(f"verifying on {desc}", highlight=False)
+    if fmt == "onnx":
+        res = export_onnx(model, info, dest, layout=layout, opset=opset, verify=verify, batches=vb, inputs=desc)
+    else:
+        res = export_safetensors(model, info, dest, verify=verify, batches=vb)
+    res.source = source
+    return res
+

@@ -1,0 +1,119 @@
+"""``write_report``: the bit-allocation report files of a model, written atomically.
+
+Called at the end of ``srq quantize`` (into the run folder), by ``srq export`` and by
+``srq report``. Each file is complete or absent: every one goes through
+:mod:`srqcli.io.atomic`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from srqcli.io.atomic import write_text_atomic
+from srqcli.report.build import BudgetLike, build_report
+from srqcli.report.render import render_markdown
+from srqcli.report.schema import BitReport, write_report_json
+
+if TYPE_CHECKING:
+    from srqcli.io.quantized import ModelInfo
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+CHART_PNG = "bits.png"
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """The report that was written and where."""
+
+    report: BitReport
+    json: Path
+    markdown: Path
+    chart: Path | None
+
+
+def write_report(model: nn.Module, out_dir: str | os.PathLike, *, info: ModelInfo | None = None,
+                 metrics: Mapping[str, Any] | None = None, budget: BudgetLike | None = None,
+                 input_shape: Sequence[int] | None = None, source: str | None = None,
+                 chart: bool = True) -> ReportFiles:
+    """Build the report of ``model`` and write ``report.json``, ``report.md``, ``bits.png``.
+
+    ``out_dir`` is created if needed. See :func:`srqcli.report.build.build_report` for the
+    keyword arguments; ``chart=False`` skips the PNG (and matplotlib).
+    """
+    report = build_report(model, info=info, metrics=metrics, budget=budget,
+                          input_shape=input_shape, source=source)
+    return write_report_files(report, out_dir, chart=chart)
+
+
+def write_report_files(report: BitReport, out_dir: str | os.PathLike, *,
+                       chart: bool = True) -> ReportFiles:
+    """Write an already built report's files into ``out_dir``."""
+    out = Path(out_dir)
+    json_path = write_report_json(report, out / REPORT_JSON)
+    md_path = out / REPORT_MD
+    write_text_atomic(md_path, render_markdown(report))
+    png = None
+    if chart:
+        from srqcli.report.chart import render_chart
+
+        png = render_chart(report, out / CHART_PNG)
+    return ReportFiles(report, json_path, md_path, png)
+
+
+def parse_budget(text: str) -> tuple[str, float]:
+    """``"avg_weight_bits=3.5"`` → ``("avg_weight_bits", 3.5)``; SrqError if malformed."""
+    from srqcli.errors import SrqError
+    from srqcli.report.schema import BUDGET_KINDS
+
+    kind, sep, value = text.partition("=")
+    kind = kind.strip().replace("-", "_")
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if not sep or kind not in BUDGET_KINDS or number is None:
+        raise SrqError(f"budget {text!r} must look like KIND=VALUE with KIND one of "
+                       f"{', '.join(BUDGET_KINDS)} (e.g. avg_weight_bits=3.5)")
+    return kind, number
+
+
+def report_target(target: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
+                  budget: BudgetLike | None = None, chart: bool = True) -> ReportFiles:
+    """(Re)write the report of a run folder or an srq quantized model file.
+
+    The files go to ``out_dir`` (default: the run folder, or the model file's folder). With
+    no ``budget``, one recorded in an existing ``report.json`` there is kept.
+    """
+    from srqcli.errors import SrqError
+    from srqcli.io.quantized import load_model
+    from srqcli.report.schema import read_report
+
+    path = Path(target)
+    if path.is_dir():
+        path = path / "model.safetensors"
+        if not path.is_file():
+            raise SrqError(f"{target} is not an srq run folder (model.safetensors not found)")
+    elif not path.exists():
+        raise SrqError(f"run folder or model file not found: {target}")
+    elif path.suffix != ".safetensors":
+        raise SrqError(f"{target} is not an srq model file: srq report reads a run folder or a "
+                       "quantized .safetensors written by srq quantize")
+    model, info = load_model(path)
+    if not info.quantized:
+        raise SrqError(f"{path} is a float model: srq report needs a quantized one "
+                       "(run srq quantize first)")
+    out = Path(out_dir) if out_dir is not None else path.parent
+    if budget is None and (out / REPORT_JSON).is_file():
+        try:
+            old = read_report(out / REPORT_JSON).budget
+        except SrqError:
+            old = None  # it is about to be replaced anyway
+        budget = old
+    return write_report(model, out, info=info, budget=budget, source=str(path), chart=chart)
