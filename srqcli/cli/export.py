@@ -53,10 +53,10 @@ def export_command(
         out_console.print(f"verified: reloaded model reproduces the outputs exactly on {v['images']} images")
     else:
         table = Table(title=f"onnxruntime vs PyTorch ({v['inputs']}; output step {v['output_step']:.3g})")
-        for col in ("optimisation", "max diff (steps)", "within 1 step", "top-1 agreement"):
+        for col in ("optimisation", "compared with", "max diff (steps)", "within 1 step", "top-1 agreement"):
             table.add_column(col, justify="right")
         for r in v["results"]:
-            table.add_row(r["level"], f"{r['max_steps']:.3g}", f"{100 * r['within_one_step']:.2f}%",
+            table.add_row(r["level"], r["against"], f"{r['max_steps']:.3g}", f"{100 * r['within_one_step']:.2f}%",
                           f"{100 * r['top1_agreement']:.2f}%")
         out_console.print(table)
         ops = v.get("executed_op_types") or {}

@@ -1,27 +1,38 @@
 """Check an exported ONNX model against the PyTorch quantized model with onnxruntime.
 
-Runs the ONNX file twice, with graph optimisations off (``ORT_DISABLE_ALL``: every Q/DQ op
-executed as written) and at onnxruntime's default level (``ORT_ENABLE_ALL``: convolutions and
-matmuls fused into integer kernels), on the same inputs as the PyTorch model, and reports for
-each: the largest difference in units of the **output step**, the fraction of outputs within
-one step, and top-1 agreement.
+The ONNX file runs with graph optimisations off (``ORT_DISABLE_ALL``: every Q/DQ op executed as
+written) and at onnxruntime's default level (``ORT_ENABLE_ALL``: convolutions and matmuls fused
+into integer kernels) on the same inputs as the PyTorch model. For each level we report the
+largest difference in units of the **output step**, the fraction of outputs within one step
+and the top-1 agreement.
 
 The output step is the resolution of the logits: ``α_x·max_c scale_c`` (input step times the
 largest dequantization scale) of the quantized layer producing the output; for a model whose
 output is not produced by a quantized layer, 1/256 of the largest reference output.
 
-Tolerances (why they are not zero): with optimisations off the graph computes the same
-integers as PyTorch, but float sums are evaluated in a different order, so an activation that
-lies within ~1e-6 of a rounding tie can land on the other code, and that flip propagates.
-This is rare (none in LeNet-5 on 64 inputs; 2 ties among 4 M activations in a randomised
-ResNet-20). With fusion onnxruntime also rounds each bias to the int32 accumulator grid and
-requantizes in its own arithmetic, flipping ≈1% of codes per fused layer. Hence:
+What must hold (gates), and why the tolerances are not zero:
 
-* ``ORT_DISABLE_ALL``: ≥ 99% of outputs within 1 output step and ≥ 99% top-1 agreement;
-* default level: ≥ 97% top-1 agreement (``DEFAULT_TOP1``).
+1. ``ORT_DISABLE_ALL`` vs PyTorch: ≥ 90% of outputs within 1 output step. The graph computes
+   the same integers as PyTorch, but float sums run in another order, so an activation within
+   ~1e-6 of a rounding tie may land on the other code, and that flip propagates. Measured: no
+   flip at all in trained LeNet-5 (real data) or in randomised ResNet-18/MobileNet-V2 on
+   random inputs (max 3e-4 steps); in randomised (untrained) ResNet-20s a handful of ties
+   among millions of activations, amplified by random BatchNorm gains, left 95–98% of outputs
+   within 1 step.
+2. Default level vs the **integer reference**: ≥ 90% within 1 step. To fuse a layer
+   onnxruntime rounds its float bias to the int32 accumulator grid (step ``α_x·scale_c``, done
+   at its basic level), a genuine deviation from the float-bias PyTorch model of up to half
+   an accumulator step that flips ~1% of the next layer's codes (and, in an untrained network,
+   is amplified layer after layer). The integer reference is the graph after onnxruntime's
+   basic optimisations (biases rounded, nothing fused yet) run with optimisations off;
+   comparing with it isolates the fused integer kernels (measured: 0 steps apart in LeNet-5,
+   MobileNet-V2 and ResNet-20).
+3. With real data (``--data``) top-1 agreement is gated too: ≥ 99% for 1 and 2, and the
+   default level vs PyTorch ≥ ``DEFAULT_TOP1``. (On random inputs to an untrained model the
+   logits are nearly tied and top-1 agreement is noise, so it is reported, not gated.)
 
-A real export bug (wrong fold, sign, layout or a broken runtime fusion, onnxruntime#24711)
-moves every output by many steps and fails both.
+A real export bug (wrong fold, sign, layout, or a broken runtime fusion such as
+onnxruntime#24711) moves every output by many steps and fails these gates.
 """
 
 from __future__ import annotations
@@ -39,9 +50,9 @@ from torch import nn
 from srqcli.errors import SrqError, short_reason
 
 LEVELS = ("disabled", "default")
-DISABLED_WITHIN = 0.99
-DISABLED_TOP1 = 0.99
-DEFAULT_TOP1 = 0.97
+WITHIN = 0.90  # gates 1 and 2: fraction of outputs within one output step
+TOP1 = 0.99  # gates 1 and 2 with real data: top-1 agreement
+DEFAULT_TOP1 = 0.97  # gate 3: default level vs PyTorch on real data
 
 
 def ort_session(model: str | os.PathLike | bytes, level: str = "default", threads: int = 2,
@@ -53,8 +64,10 @@ def ort_session(model: str | os.PathLike | bytes, level: str = "default", thread
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if level == "disabled"
-                                   else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    so.graph_optimization_level = {
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    }.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     if optimized_path is not None:
         so.optimized_model_filepath = str(optimized_path)
     src = model if isinstance(model, bytes) else str(model)
@@ -81,7 +94,8 @@ def executed_op_types(model_path: str | os.PathLike, scratch_dir: str | os.PathL
 class Agreement:
     """ONNX vs PyTorch at one onnxruntime optimisation level."""
 
-    level: str
+    level: str  # onnxruntime optimisation level: disabled | default
+    against: str  # pytorch | integer-reference
     images: int
     max_steps: float
     within_one_step: float  # fraction of output values
@@ -106,23 +120,21 @@ class VerifyReport:
 
     def failure(self) -> str:
         bad = [r for r in self.results if not r.ok]
-        return "; ".join(f"{r.level} optimisation: max {r.max_steps:.3g} output steps, "
+        return "; ".join(f"{r.level} optimisation vs {r.against}: max {r.max_steps:.3g} output steps, "
                          f"{100 * r.within_one_step:.2f}% within 1 step, top-1 agreement "
                          f"{100 * r.top1_agreement:.2f}%" for r in bad)
 
 
-def compare(level: str, ref: np.ndarray, out: np.ndarray, step: float) -> Agreement:
+def compare(level: str, against: str, ref: np.ndarray, out: np.ndarray, step: float,
+            min_within: float | None = WITHIN, min_top1: float | None = TOP1) -> Agreement:
+    """Agreement of ``out`` with ``ref``; ``ok`` against the given thresholds (``None``: no gate)."""
     diff = np.abs(out.astype(np.float64) - ref.astype(np.float64)) / step
     n = ref.shape[0]
     top1 = float((out.reshape(n, -1).argmax(1) == ref.reshape(n, -1).argmax(1)).mean()) if n else 1.0
     within = float((diff <= 1.0 + 1e-6).mean()) if diff.size else 1.0
-    agr = Agreement(level, n, float(diff.max()) if diff.size else 0.0, within, top1)
-    if level == "disabled":
-        agr.ok = within >= DISABLED_WITHIN and top1 >= DISABLED_TOP1
-    else:
-        agr.ok = top1 >= DEFAULT_TOP1
-    if not np.isfinite(out).all():
-        agr.ok = False
+    agr = Agreement(level, against, n, float(diff.max()) if diff.size else 0.0, within, top1)
+    agr.ok = bool(np.isfinite(out).all()) and (min_within is None or within >= min_within) \
+        and (min_top1 is None or top1 >= min_top1)
     return agr
 
 
@@ -145,17 +157,31 @@ def run_onnx(session, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
 
 
 def verify_onnx(model_path: str | os.PathLike, torch_model: nn.Module, batches: Iterable[torch.Tensor],
-                output_step: float | None, *, inputs: str = "random", list_ops: bool = True) -> VerifyReport:
-    """Compare ``model_path`` (onnxruntime, both levels) with ``torch_model`` on ``batches``."""
+                output_step: float | None, *, inputs: str = "random", real_data: bool = False,
+                list_ops: bool = True) -> VerifyReport:
+    """Compare ``model_path`` (onnxruntime) with ``torch_model`` on ``batches`` (gates above)."""
     torch_model = torch_model.eval().cpu()
     x, ref = run_torch(torch_model, batches)
     step = output_step if output_step and output_step > 0 else float(np.abs(ref).max() / 256 or 1.0)
     report = VerifyReport(inputs, step)
+    outs = {}
     for level in LEVELS:
-        out = run_onnx(ort_session(model_path, level), x)
-        if out.shape != ref.shape:
-            raise SrqError(f"the exported model's output shape {out.shape} differs from PyTorch's {ref.shape}")
-        report.results.append(compare(level, ref, out, step))
+        outs[level] = run_onnx(ort_session(model_path, level), x)
+        if outs[level].shape != ref.shape:
+            raise SrqError(f"the exported model's output shape {outs[level].shape} differs from "
+                           f"PyTorch's {ref.shape}")
+    top1 = TOP1 if real_data else None
+    report.results.append(compare("disabled", "pytorch", ref, outs["disabled"], step, WITHIN, top1))
+    report.results.append(compare("default", "pytorch", ref, outs["default"], step, None,
+                                  DEFAULT_TOP1 if real_data else None))
+    basic = Path(model_path).parent / f".{Path(model_path).name}.ort-basic.onnx"
+    try:
+        ort_session(model_path, "basic", optimized_path=basic)
+        integer_ref = run_onnx(ort_session(basic, "disabled"), x)
+    finally:
+        basic.unlink(missing_ok=True)
+    report.results.append(compare("default", "integer-reference", integer_ref, outs["default"], step,
+                                  WITHIN, top1))
     if list_ops:
         report.op_types = dict(sorted(executed_op_types(model_path, Path(model_path).parent).items()))
     return report

@@ -162,15 +162,16 @@ def bit_allocation(frozen: FrozenModel) -> dict[str, Any]:
                        "packed_weight_bytes": sum(entry["packed_bytes"] for entry in layers)}}
 
 
-def onnx_metadata(info: ModelInfo, frozen: FrozenModel, layout: str) -> dict[str, str]:
-    meta = {f"{META_PREFIX}{k}": v for k, v in info.metadata().items()}
+def onnx_metadata(info: ModelInfo | None, frozen: FrozenModel, layout: str) -> dict[str, str]:
+    meta = {f"{META_PREFIX}{k}": v for k, v in info.metadata().items()} if info else {}
     meta.update({
         "srq.format": ONNX_FORMAT, "srq.format_version": str(ONNX_FORMAT_VERSION),
         "srq.version": __version__, "srq.layout": layout,
         "srq.bit_allocation": json.dumps(bit_allocation(frozen)),
-        "srq.input": json.dumps({"name": "input", "layout": "NCHW", "channels": info.in_channels,
-                                 "size": info.image_size, "mean": list(info.mean), "std": list(info.std)}),
     })
+    if info is not None:
+        meta["srq.input"] = json.dumps({"name": "input", "layout": "NCHW", "channels": info.in_channels,
+                                        "size": info.image_size, "mean": list(info.mean), "std": list(info.std)})
     return meta
 
 
@@ -197,18 +198,29 @@ def onnx_model_info(path: str | os.PathLike) -> ModelInfo:
 # export
 # --------------------------------------------------------------------------------------------
 
-def export_onnx(model: nn.Module, info: ModelInfo, out: Path, *, layout: str = "qdq",
+def export_onnx(model: nn.Module, info: ModelInfo | None, out: str | os.PathLike, *, layout: str = "qdq",
                 opset: int | None = None, verify: bool = True,
                 batches: list[torch.Tensor] | None = None, inputs: str = "random",
-                list_ops: bool = True) -> ExportResult:
-    """Build, check, (verify and) write the ONNX model of a quantized ``model``."""
+                real_data: bool = False, list_ops: bool = True,
+                shape: tuple[int, ...] | None = None) -> ExportResult:
+    """Build, check, (verify and) write the ONNX model of a quantized ``model``.
+
+    ``info`` (from the srq model file) supplies the input shape and the metadata; without it
+    pass ``shape`` (NCHW; any batch size).
+    """
     import onnx
 
     from srqcli.export.to_onnx import build_onnx, check_opset, output_step
     from srqcli.export.verify import random_batches, verify_onnx
 
     opset = check_opset(layout, opset)
-    traced = trace(model, input_shape(info))
+    out = Path(out)
+    if shape is None:
+        if info is None:
+            raise ValueError("export_onnx needs info or shape")
+        shape = input_shape(info)
+    shape = (2, *shape[1:])
+    traced = trace(model, shape)
     frozen = freeze_model(model, traced.bn_folds)
     proto, stats = build_onnx(traced, frozen, layout=layout, opset=opset,
                               metadata=onnx_metadata(info, frozen, layout))
@@ -221,8 +233,9 @@ def export_onnx(model: nn.Module, info: ModelInfo, out: Path, *, layout: str = "
         onnx.save(proto, str(tmp))
         if verify:
             if batches is None:
-                batches = random_batches(input_shape(info), 2)
-            report = verify_onnx(tmp, model, batches, output_step(traced, frozen), inputs=inputs, list_ops=list_ops)
+                batches = random_batches(shape, 2)
+            report = verify_onnx(tmp, model, batches, output_step(traced, frozen), inputs=inputs,
+                                 real_data=real_data, list_ops=list_ops)
             if not report.ok:
                 raise SrqError(f"verification failed, nothing written: onnxruntime disagrees with the "
                                f"PyTorch model ({report.failure()})")
@@ -280,7 +293,8 @@ def run_export(target: str, *, fmt: str = "onnx", layout: str = "qdq", opset: in
     if console is not None and verify:
         console.print(f"verifying on {desc}", highlight=False)
     if fmt == "onnx":
-        res = export_onnx(model, info, dest, layout=layout, opset=opset, verify=verify, batches=vb, inputs=desc)
+        res = export_onnx(model, info, dest, layout=layout, opset=opset, verify=verify, batches=vb, inputs=desc,
+                          real_data=data is not None)
     else:
         res = export_safetensors(model, info, dest, verify=verify, batches=vb)
     res.source = source

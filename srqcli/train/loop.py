@@ -153,7 +153,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
         optimizer.step()
         scheduler.step()
         project_quantizers_(model)
-        loss_sum += float(loss) * labels.numel()
+        loss_sum += float(loss.detach()) * labels.numel()
         correct += int((logits.argmax(1) == labels).sum())
         seen += labels.numel()
         if reporter:

@@ -29,6 +29,7 @@ from srqcli.train.loop import (EpochRecord, EvalMetrics, build_optimizer, evalua
                                reestimate_batchnorm, resolve_device, train_epoch)
 from srqcli.train.progress import Reporter
 from srqcli.workflow import rundir
+from srqcli.report import write_report
 from srqcli.report.stats import model_totals
 
 
@@ -82,7 +83,7 @@ def _calibration_batches(loader, count: int, device: torch.device):
         yield images.to(device)
 
 
-class _Job:
+class Job:
     """State shared by the steps of one quantize run."""
 
     def __init__(self, recipe: Recipe, out: Path, console: Console, reporter: Reporter) -> None:
@@ -129,7 +130,7 @@ class _Job:
 
 
 def _save_resume(path: Path, model: nn.Module, optimizer, scheduler, epoch: int,
-                 history: list[EpochRecord], plan: list[LayerBits], job: _Job,
+                 history: list[EpochRecord], plan: list[LayerBits], job: Job,
                  schedule: DropBitsSchedule | None) -> None:
     state = {
         "format": "srq.resume", "epoch": epoch, "model": model.state_dict(),
@@ -155,7 +156,7 @@ def _load_resume(path: Path) -> dict[str, Any]:
     return state
 
 
-def _pretrain(job: _Job, model: nn.Module) -> nn.Module:
+def _pretrain(job: Job, model: nn.Module) -> nn.Module:
     """Train the float model first (the built-in example and benchmarks start from scratch)."""
     path = job.out / rundir.FLOAT
     if path.is_file():  # resumed run: reuse the float start written before
@@ -192,8 +193,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle:
         recipe = recipe_from_dict(json.loads(state["recipe"]))
         console.print(f"[dim]resuming {out} after epoch {state['epoch']} with its saved recipe[/]")
     elif overwrite:
-        for name in (rundir.MODEL, rundir.FLOAT, rundir.METRICS, rundir.RECIPE, str(rundir.RESUME)):
-            (out / name).unlink(missing_ok=True)
+        rundir.clear(out)
     started = time.perf_counter()
     if recipe.model.checkpoint is None and recipe.model.pretrain_epochs <= 0:
         raise SrqError("no --checkpoint given: srq quantizes a pretrained model; pass "
@@ -202,7 +202,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle:
     weights = (read_state_dict(recipe.model.checkpoint, trust_pickle=trust_pickle)
                if recipe.model.checkpoint else None)
     with Reporter(console, enabled=show_progress) as reporter:
-        job = _Job(recipe, out, console, reporter)
+        job = Job(recipe, out, console, reporter)
         model = build_float_model(recipe, job.data, weights).to(job.device)
         write_text_atomic(out / rundir.RECIPE, to_toml(recipe))
         if recipe.model.checkpoint is None:
@@ -256,7 +256,5 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle:
     save_model(out / rundir.MODEL, model.cpu(),
                job.info(plan, {"float_top1": float_metrics.top1, "top1": quant_metrics.top1}))
     write_text_atomic(out / rundir.METRICS, json.dumps(metrics, indent=2) + "\n")
-    from srqcli.report import write_report  # report.json, report.md, bits.png
-
     write_report(model, out, info=job.info(plan), metrics=metrics, source=str(out / rundir.MODEL))
     return QuantizeResult(out, float_metrics, quant_metrics, plan, history, sizes)

@@ -7,6 +7,7 @@ Layout::
     RUN/recipe.toml             fully resolved recipe: replay with --recipe RUN/recipe.toml
     RUN/metrics.json            float and quantized metrics, history, bits and sizes
     RUN/checkpoints/last.pt     resume state (tensors and plain data only: weights_only loads it)
+    RUN/report.{json,md}, bits.png   the bit-allocation report
 
 Checked before any work starts, so a typo in ``--out`` fails in a second, not after training.
 """
@@ -18,12 +19,15 @@ import tempfile
 from pathlib import Path
 
 from srqcli.errors import SrqError
+from srqcli.report.writer import CHART_PNG, REPORT_JSON, REPORT_MD
 
 MODEL = "model.safetensors"
 FLOAT = "float.safetensors"
 RECIPE = "recipe.toml"
 METRICS = "metrics.json"
 RESUME = Path("checkpoints") / "last.pt"
+REPORT = (REPORT_JSON, REPORT_MD, CHART_PNG)  # written by srqcli.report.write_report
+OUTPUTS = (MODEL, FLOAT, RECIPE, METRICS, str(RESUME), *REPORT)
 
 
 def prepare(out: Path, *, resume: bool, overwrite: bool) -> Path:
@@ -44,3 +48,9 @@ def prepare(out: Path, *, resume: bool, overwrite: bool) -> Path:
     except OSError as exc:
         raise SrqError(f"output folder {out} is not writable: {exc.strerror or exc}") from exc
     return out
+
+
+def clear(out: Path) -> None:
+    """Remove a previous run's outputs (``--overwrite``); other files are left alone."""
+    for name in OUTPUTS:
+        (out / name).unlink(missing_ok=True)

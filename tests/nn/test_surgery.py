@@ -20,10 +20,13 @@ EXEC_ORDER = ["stem", "block.0", "block.3", "mid", "head"]
 
 @pytest.fixture(autouse=True, scope="module")
 def eager_backward():
-    previous = getattr(srq, "_use_fused", True)
+    """Eager SRQ math (fast to start) on one intra-op thread (small tensors; 2-core machine)."""
+    previous, threads = getattr(srq, "_use_fused", True), torch.get_num_threads()
     srq.set_fused(False)
+    torch.set_num_threads(1)
     yield
     srq.set_fused(previous)
+    torch.set_num_threads(threads)
 
 
 class Net(nn.Module):
@@ -125,8 +128,8 @@ def test_skip_patterns_leave_layers_float():
 
 
 def test_skipping_the_first_layer_moves_first_last_but_not_input_bits():
-    _, qnet, plan = quantize(QuantConfig(weight_bits=3, act_bits=3, first_last_bits=6,
-                                         skip=["stem"]))
+    _, qnet, _ = quantize(QuantConfig(weight_bits=3, act_bits=3, first_last_bits=6,
+                                      skip=["stem"]))
     b = bits_of(qnet)
     assert "stem" not in b
     assert b["block.0"][:2] == (6, 6)  # first quantized layer; its input is not the net input

@@ -1,0 +1,72 @@
+"""Recipes: strict TOML loading, CLI overrides, round trip through the saved recipe."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from srqcli.config import (BUILTIN_RECIPES, Recipe, apply_overrides, load_recipe,
+                           recipe_from_dict, to_toml)
+from srqcli.errors import SrqError
+
+
+@pytest.mark.parametrize("path", sorted(BUILTIN_RECIPES.glob("*.toml")), ids=lambda p: p.stem)
+def test_builtin_recipes_load_and_round_trip(path):
+    recipe = load_recipe(str(path))
+    assert recipe_from_dict(tomllib.loads(to_toml(recipe))) == recipe
+
+
+def test_load_by_name():
+    assert load_recipe("example").model.arch == "lenet5"
+
+
+def test_unknown_key_is_named(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text("[quant]\nweight_bit = 3\n")
+    with pytest.raises(SrqError, match="quant.weight_bit"):
+        load_recipe(str(p))
+
+
+def test_wrong_type_is_named(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text("[train]\nepochs = 'three'\n")
+    with pytest.raises(SrqError, match="train.epochs.*wrong type"):
+        load_recipe(str(p))
+
+
+def test_malformed_toml(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text("[train\nepochs = 3\n")
+    with pytest.raises(SrqError, match="not valid TOML"):
+        load_recipe(str(p))
+
+
+def test_unknown_builtin_recipe():
+    with pytest.raises(SrqError, match="unknown recipe"):
+        load_recipe("does-not-exist")
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("quant.weight_bits", 1, "between 2 and 8"),
+    ("quant.act_bits", 9, "between 2 and 8"),
+    ("quant.pi_mode", "x", "pi_mode"),
+    ("dropbits.variant", "x", "variant"),
+    ("dropbits.rate", 1.5, "rate"),
+    ("train.optimizer", "lamb", "optimizer"),
+])
+def test_overrides_are_validated(key, value, match):
+    with pytest.raises(SrqError, match=match):
+        apply_overrides(Recipe(), {key: value})
+
+
+def test_none_overrides_keep_recipe_values():
+    r = apply_overrides(load_recipe("example"), {"quant.weight_bits": None, "train.epochs": 2})
+    assert r.quant.weight_bits == 4 and r.train.epochs == 2
+
+
+def test_per_layer_bits_are_checked():
+    with pytest.raises(SrqError, match="layers"):
+        recipe_from_dict({"quant": {"layers": {"fc*": {"weight_bits": 12}}}})
+    with pytest.raises(SrqError, match="unknown key"):
+        recipe_from_dict({"quant": {"layers": {"fc*": {"bits": 3}}}})
