@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from typing import Annotated, Optional
 
 import typer
@@ -12,23 +11,13 @@ from rich.table import Table
 from srqcli.cli.app import app, err_console, out_console, user_errors
 
 
-class ExportFormat(str, Enum):
-    onnx = "onnx"
-    safetensors = "safetensors"
-
-
-class OnnxLayout(str, Enum):
-    qdq = "qdq"
-    packed = "packed"
-
-
 @app.command("export")
 @user_errors
 def export_command(
     target: Annotated[str, typer.Argument(help="Run folder or quantized model .safetensors (srq quantize output, or a packed file).")],
-    format: Annotated[ExportFormat, typer.Option("--format", "-f", help="onnx (runs in onnxruntime) or safetensors (codes bit-packed at their true width).")] = ExportFormat.onnx,
-    layout: Annotated[OnnxLayout, typer.Option(help="ONNX layout: qdq (int8 containers, integer kernels in onnxruntime) or packed (INT4/INT2 initializers, smallest file, float kernels).")] = OnnxLayout.qdq,
-    opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default 17 for qdq, 21 for packed; 25+ stores 2-bit weights as INT2).")] = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="onnx (runs in onnxruntime) or safetensors (codes bit-packed at their true width).")] = "onnx",
+    layout: Annotated[str, typer.Option(help="ONNX layout: qdq (int8 containers, integer kernels in onnxruntime) or packed (INT4/INT2 initializers, smallest file, float kernels).")] = "qdq",
+    opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default 19 for qdq, 21 for packed; 25+ stores 2-bit weights as INT2).")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Output file (default: next to the model: model.onnx, model.packed.onnx, model.packed.safetensors).")] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="Verify on validation batches of this dataset (default: random inputs).")] = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Compare the artifact with the PyTorch model before writing it.")] = True,
@@ -39,7 +28,7 @@ def export_command(
     """Export a quantized model to ONNX or packed safetensors, verified against PyTorch."""
     from srqcli.export.workflow import run_export
 
-    res = run_export(target, fmt=format.value, layout=layout.value, opset=opset, out=out, data=data,
+    res = run_export(target, fmt=format.strip().lower(), layout=layout.strip().lower(), opset=opset, out=out, data=data,
                      verify=verify, batches=batches, batch_size=batch_size, console=err_console)
     if as_json:
         out_console.print_json(json.dumps(res.to_dict()))

@@ -27,12 +27,9 @@ import torch
 from torch import Tensor
 
 from srqcli.core.grid import IntGrid
+from srqcli.core.srq import default_window
 
 VARIANTS = ("top", "lsb", "mask")
-
-#: How far (in codes) from the round-to-nearest code the mask variant looks for a survivor.
-MASK_REACH = 3
-
 
 @dataclass(frozen=True)
 class DropBitsSample:
@@ -40,8 +37,8 @@ class DropBitsSample:
 
     ``top``/``lsb`` give per-element grid bounds ``kmin``/``kmax`` and a step multiplier
     ``factor`` (``2^d`` for ``lsb``), so the uniform-grid SRQ function handles them. ``mask``
-    gives ``survivors``: a boolean tensor ``x.shape + (2·MASK_REACH+1,)`` over the codes
-    ``m0 − MASK_REACH … m0 + MASK_REACH`` around the round-to-nearest code ``m0``.
+    gives ``survivors``: a boolean tensor ``x.shape + (2R+1,)`` over the codes
+    ``m0 − R … m0 + R`` around the round-to-nearest code ``m0`` (``R`` from :func:`mask_reach`).
     """
 
     dropped: Tensor  # bits dropped per element (0 = untouched); for mask: 1 where moved
@@ -98,19 +95,26 @@ def mask_probability(codes: Tensor, bits: int, p: float) -> Tensor:
     return torch.where(level >= bits - 2, torch.zeros_like(prob), prob)
 
 
+def mask_reach(sigma_over_alpha: float) -> int:
+    """Codes on each side of ``m0`` the mask variant considers: one more than the SRQ window
+    (``2R`` edges around ``m0`` cover the same ``2w+2`` edges as :func:`srq_quantize`)."""
+    return default_window(sigma_over_alpha) + 1
+
+
 def sample_mask(x_over_alpha: Tensor, grid: IntGrid, p: float,
-                generator: torch.Generator | None) -> DropBitsSample:
-    """Grid-point masking around each element's round-to-nearest code."""
+                generator: torch.Generator | None, reach: int) -> DropBitsSample:
+    """Grid-point masking around each element's round-to-nearest code ``m0``."""
     m0 = torch.clamp(torch.round(x_over_alpha), grid.kmin, grid.kmax)
-    offsets = torch.arange(-MASK_REACH, MASK_REACH + 1, device=m0.device, dtype=m0.dtype)
+    offsets = torch.arange(-reach, reach + 1, device=m0.device, dtype=m0.dtype)
     codes = m0.unsqueeze(-1) + offsets
     in_grid = (codes >= grid.kmin) & (codes <= grid.kmax)
     u = torch.rand(codes.shape, generator=generator, device=m0.device)
     survivors = in_grid & (u >= mask_probability(codes, grid.bits, p))
-    # If nothing survives within reach (only possible at ≥ 5 bits, probability ≤ p^7), keep m0.
+    # If nothing survives within reach (only possible at ≥ 5 bits, probability ≤ p^(2R+1)),
+    # keep m0.
     lonely = ~survivors.any(-1)
-    survivors[..., MASK_REACH] |= lonely
-    moved = ~survivors[..., MASK_REACH]
+    survivors[..., reach] |= lonely
+    moved = ~survivors[..., reach]
     return DropBitsSample(dropped=moved.to(m0.dtype), survivors=survivors)
 
 
@@ -118,40 +122,46 @@ def masked_grid_quantize(x: Tensor, alpha: Tensor, sigma: Tensor, grid: IntGrid,
                          survivors: Tensor, pi_mode: str = "detach") -> Tensor:
     """SRQ over a per-element grid with holes (the ``mask`` variant), eager autograd.
 
-    Forward: the nearest surviving code (ties to the lower one). Backward: the multi-class STE
-    over the surviving points, in the same edge form as :mod:`srqcli.core.srq`: the edge
-    between consecutive survivors ``k_a < k_b`` sits at ``α(k_a+k_b)/2`` and weighs
-    ``k_b − k_a`` in ``S = Σ_i k_i π_i = k_top − Σ_edges (k_b−k_a)·F``. Points outside the
-    reach are taken as unmasked (their edges are ≥ 3 steps away: F ≈ 0 or 1). Runs only on
-    weights, which are small, so the dense ``N × 7`` window costs little.
+    ``survivors`` (``x.shape + (2R+1,)``) marks which of the codes ``m0 − R … m0 + R`` around
+    the round-to-nearest code ``m0`` survive. Forward: the nearest surviving code, exact ties
+    to the even code (as ``torch.round``). Backward: the multi-class STE over the surviving
+    points in the edge form of :mod:`srqcli.core.srq`: the edge between consecutive survivors
+    ``k_a < k_b`` sits at ``α(k_a+k_b)/2`` and weighs ``k_b − k_a`` in
+    ``S = Σ_i k_i π_i = k_top − Σ_edges (k_b−k_a)·F``. Survivors are only known within reach:
+    edges beyond count as ``F = 1`` above and ``F = 0`` below, as in the regular window.
+    Runs on weights only, which are small, so the dense ``N × (2R+1)`` tensors cost little.
     """
-    reach = MASK_REACH
+    n = survivors.shape[-1]
+    reach = n // 2
     u = x / alpha
     m0 = torch.clamp(torch.round(u), grid.kmin, grid.kmax).detach()
-    offsets = torch.arange(-reach, reach + 1, device=x.device, dtype=x.dtype)
-    codes = m0.unsqueeze(-1) + offsets
-    # Nearest survivor (forward).
+    codes = m0.unsqueeze(-1) + torch.arange(-reach, reach + 1, device=x.device, dtype=x.dtype)
     dist = torch.where(survivors, (codes - u.detach().unsqueeze(-1)).abs(),
                        torch.full_like(codes, float("inf")))
-    m = torch.gather(codes, -1, dist.argmin(-1, keepdim=True)).squeeze(-1)
-    # Consecutive survivor pairs (a, b): both survive and every code between is masked.
-    n = 2 * reach + 1
+    nearest = dist == dist.amin(-1, keepdim=True)
+    even = torch.remainder(codes, 2) == 0
+    choice = (nearest.to(torch.int8) * 2 + (nearest & even).to(torch.int8)).argmax(-1, keepdim=True)
+    m = torch.gather(codes, -1, choice).squeeze(-1)
+    # Next surviving index above each position (n = none), by a scan from the top.
+    nxt = torch.full_like(m0, float(n), dtype=torch.long)
+    nexts = [None] * n
+    for i in range(n - 1, -1, -1):
+        nexts[i] = nxt
+        nxt = torch.where(survivors[..., i], torch.full_like(nxt, i), nxt)
     s_val = torch.zeros_like(u)
     f_up = torch.ones_like(u)
     f_lo = torch.zeros_like(u)
-    for i in range(n):
-        for j in range(i + 1, n):
-            between = survivors[..., i + 1:j].any(-1) if j > i + 1 else torch.zeros_like(m0, dtype=torch.bool)
-            pair = survivors[..., i] & survivors[..., j] & ~between
-            if not bool(pair.any()):
-                continue
-            ka, kb = codes[..., i], codes[..., j]
-            f = torch.sigmoid((alpha * (ka + kb) / 2 - x) / sigma)
-            s_val = s_val + torch.where(pair, (kb - ka) * f, 0.0)
-            f_up = torch.where(pair & (ka == m), f, f_up)
-            f_lo = torch.where(pair & (kb == m), f, f_lo)
-    # Edges above the highest survivor in reach count F = 1 (weight 1 each, up to k_max) and
-    # edges below the lowest F = 0, so S = k_max − (k_max − top) − Σ = top − Σ.
+    for i in range(n - 1):
+        j = nexts[i]
+        pair = survivors[..., i] & (j < n)
+        kb = torch.gather(codes, -1, j.clamp(max=n - 1).unsqueeze(-1)).squeeze(-1)
+        ka = codes[..., i]
+        f = torch.sigmoid((alpha * (ka + kb) / 2 - x) / sigma)
+        s_val = s_val + torch.where(pair, (kb - ka) * f, 0.0)
+        f_up = torch.where(pair & (ka == m), f, f_up)
+        f_lo = torch.where(pair & (kb == m), f, f_lo)
+    # Edges above the highest survivor in reach have F ≈ 1 (weight 1 each, up to k_max), those
+    # below the lowest F ≈ 0, so S = k_max − (k_max − top) − Σ = top − Σ.
     top = torch.where(survivors, codes, torch.full_like(codes, -float("inf"))).amax(-1)
     s_total = top - s_val
     pi_m = torch.clamp(f_up - f_lo, min=1e-6)
@@ -161,4 +171,5 @@ def masked_grid_quantize(x: Tensor, alpha: Tensor, sigma: Tensor, grid: IntGrid,
         surrogate = alpha * s_total / pi_m
     else:
         surrogate = alpha * m + alpha * (s_total - m) / pi_m
-    return surrogate + (alpha * m - surrogate).detach()
+    # Value exactly α·m; gradient exactly the surrogate's.
+    return (alpha * m).detach() + (surrogate - surrogate.detach())

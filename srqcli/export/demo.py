@@ -12,7 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from srqcli.config import QuantConfig
+from srqcli.config import QuantConfig, Recipe
+from srqcli.io.quantized import ModelInfo, save_model
+from srqcli.models import build_model
 from srqcli.nn.surgery import quantize_model
 
 
@@ -44,3 +46,28 @@ def quantize_untrained(model: nn.Module, input_shape: tuple[int, ...], *, weight
     model.eval()
     quantize_model(model, cfg, data, seed=seed)
     return model.eval()
+
+
+def write_quantized_file(path, arch: str = "lenet5", *, model: nn.Module | None = None,
+                         num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
+                         weight_bits: int = 4, act_bits: int = 4, per_channel: bool = False,
+                         calib: list[torch.Tensor] | None = None, data_source: str = "example",
+                         seed: int = 0) -> tuple[nn.Module, ModelInfo]:
+    """Quantize ``model`` (default: a fresh ``arch`` with randomised BN) and save it as an srq
+    quantized model file, as ``srq quantize`` would (without fine-tuning)."""
+    if model is None:
+        torch.manual_seed(seed)
+        model = randomize_batchnorm(build_model(arch, num_classes, in_channels), seed)
+    recipe = Recipe()
+    recipe.model.arch = arch
+    recipe.data.source = data_source
+    recipe.quant.weight_bits, recipe.quant.act_bits = weight_bits, act_bits
+    recipe.quant.per_channel = per_channel
+    gen = torch.Generator().manual_seed(seed)
+    calib = calib or [torch.randn(16, in_channels, image_size, image_size, generator=gen) for _ in range(2)]
+    model.eval()
+    _, plan = quantize_model(model, recipe.quant, calib, seed=seed)
+    info = ModelInfo(arch=arch, num_classes=num_classes, in_channels=in_channels,
+                     image_size=image_size, recipe=recipe, plan=plan)
+    save_model(path, model, info)
+    return model.eval(), info

@@ -47,7 +47,7 @@ from srqcli.export.packing import pack_bits
 from srqcli.nn.layers import is_quant_layer
 
 LAYOUTS = ("qdq", "packed")
-DEFAULT_OPSET = {"qdq": 17, "packed": 21}
+DEFAULT_OPSET = {"qdq": 19, "packed": 21}
 MIN_OPSET = {"qdq": 13, "packed": 21}
 INT2_OPSET = 25
 INPUT_NAME = "input"
@@ -229,7 +229,10 @@ class _Builder:
         self.consts: dict[tuple, str] = {}
         self.env: dict[fx.Node, str] = {}
         self.quantized_input: dict[fx.Node, str] = {}  # layer node → its quantized input (DQ name)
-        self.placements, self.absorbed = plan_placements(traced, frozen)
+        # packed: no integer kernel can use INT4/INT2 weights, so quantizers stay at the layer
+        # inputs (Clip → Q → DQ); a Q right after the conv would also make onnxruntime 1.32
+        # build a QLinearConv with INT2 weights, which it then refuses to load.
+        self.placements, self.absorbed = plan_placements(traced, frozen) if layout == "qdq" else ({}, set())
         self.stats = OnnxStats()
 
     # -- naming and constants ----------------------------------------------------------------
@@ -611,15 +614,14 @@ def build_onnx(traced: TracedModel, frozen: FrozenModel, *, layout: str = "qdq",
     return model, builder.stats
 
 
-def output_step(traced: TracedModel, frozen: FrozenModel) -> float | None:
-    """Resolution of the model output: ``α_x·max_c scale_c`` of the quantized layer producing it
-    (through flatten/dropout-like ops), ``None`` when the output is not a quantized layer's."""
+def output_layer(traced: TracedModel, frozen: FrozenModel) -> FrozenLayer | None:
+    """The quantized layer whose output is the model output (through BN/flatten/dropout-like
+    ops), or ``None``."""
     out = next(n for n in traced.gm.graph.nodes if n.op == "output").args[0]
     while isinstance(out, fx.Node):
         name = str(out.target)
         if out.op == "call_module" and name in frozen.layers:
-            fl = frozen.layers[name]
-            return float(np.float32(fl.act.step) * fl.scale.abs().max().item())
+            return frozen.layers[name]
         if out.op == "call_module" and name in frozen.bn_folds.values():
             out = out.args[0]
             continue
@@ -628,3 +630,10 @@ def output_step(traced: TracedModel, frozen: FrozenModel) -> float | None:
             continue
         return None
     return None
+
+
+def output_step(traced: TracedModel, frozen: FrozenModel) -> float | None:
+    """Resolution of the model output, ``α_x·max_c scale_c`` of :func:`output_layer` (the
+    accumulator step of the last layer), or ``None``."""
+    fl = output_layer(traced, frozen)
+    return float(np.float32(fl.act.step) * fl.scale.abs().max().item()) if fl is not None else None

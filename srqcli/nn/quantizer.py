@@ -26,6 +26,7 @@ from srqcli.core.srq import srq_forward_codes, srq_quantize
 
 SIGMA_MIN_RATIO = 0.05
 SIGMA_MAX_RATIO = 0.5
+LOG_ALPHA_BOUND = 30.0
 
 
 @dataclass(frozen=True)
@@ -57,16 +58,31 @@ def mse_optimal_step(x: Tensor, grid: IntGrid, channel_axis: int | None = None,
         flat = x.reshape(1, -1)
     else:
         flat = x.transpose(0, channel_axis).reshape(x.shape[channel_axis], -1)
-    span = max(abs(grid.kmin), grid.kmax)
+    # The largest useful step maps max|x| onto the *smaller* end of the grid (a signed grid
+    # reaches only (2^(b−1)−1)·α on the positive side); with few elements rounding luck can
+    # favour a step a little above it, hence the 1.25 margin.
+    reach = min(abs(grid.kmin), grid.kmax) if grid.kmin < 0 else grid.kmax
     amax = flat.abs().amax(dim=1, keepdim=True).clamp_min(1e-8)
-    best_err = torch.full_like(amax, float("inf"))
-    best = amax / span
-    for frac in torch.linspace(0.02, 1.0, candidates).tolist():
-        alpha = amax * frac / span
-        err = ((srq_forward_codes(flat, alpha, grid.kmin, grid.kmax) * alpha - flat) ** 2).sum(1, keepdim=True)
-        better = err < best_err
-        best = torch.where(better, alpha, best)
-        best_err = torch.where(better, err, best_err)
+    top = 1.25 * amax / reach
+
+    def errors(alphas: Tensor) -> Tensor:  # (rows, k) candidate steps → (rows, k) squared errors
+        out = torch.empty_like(alphas)
+        for i in range(alphas.shape[1]):
+            a = alphas[:, i:i + 1]
+            out[:, i] = ((srq_forward_codes(flat, a, grid.kmin, grid.kmax) * a - flat) ** 2).sum(1)
+        return out
+
+    # Coarse pass over (0, top], then fine passes around the 4 best coarse candidates: the MSE
+    # is jagged in α at 8 bits (±3% between neighbouring coarse steps), so the best coarse
+    # point is not always in the best valley.
+    coarse = top * torch.linspace(0.01, 1.0, candidates)
+    coarse_err = errors(coarse)
+    width = top / candidates
+    offsets = torch.linspace(-1.0, 1.0, 25)
+    seeds = coarse.gather(1, coarse_err.topk(min(4, candidates), dim=1, largest=False).indices)
+    fine = (seeds.unsqueeze(-1) + width.unsqueeze(-1) * offsets).flatten(1).clamp_min(1e-12)
+    alphas = torch.cat([coarse, fine], dim=1)
+    best = alphas.gather(1, torch.cat([coarse_err, errors(fine)], dim=1).argmin(1, keepdim=True))
     if channel_axis is None:
         return best.reshape(())
     shape = [1] * x.dim()
@@ -147,7 +163,13 @@ class SRQQuantizer(nn.Module):
 
     @torch.no_grad()
     def project_(self) -> None:
-        """Keep ``log σ`` inside ``[0.05·α, 0.5·α]`` after an optimizer step."""
+        """Keep ``α`` finite and ``log σ`` inside ``[0.05·α, 0.5·α]`` after an optimizer step.
+
+        ``α = exp(log α)`` is positive by construction, but a huge step on ``log α`` would
+        underflow it to 0 or overflow it to inf; the bound ``[e^−30, e^30]`` is far outside
+        any sensible step and keeps training recoverable.
+        """
+        self.log_alpha.clamp_(-LOG_ALPHA_BOUND, LOG_ALPHA_BOUND)
         self.log_sigma.copy_(self.sigma.log())
 
     def configure_dropbits(self, variant: str | None, rate: float,
@@ -171,7 +193,8 @@ class SRQQuantizer(nn.Module):
     def _forward_dropbits(self, x: Tensor, alpha: Tensor, sigma: Tensor, grid: IntGrid) -> Tensor:
         gen, dev = self.generator, x.device
         if self.drop_variant == "mask":
-            sample = db.sample_mask((x / alpha).detach(), grid, self.drop_rate, gen)
+            reach = db.mask_reach(float((sigma / alpha).detach().max()))
+            sample = db.sample_mask((x / alpha).detach(), grid, self.drop_rate, gen, reach)
             return db.masked_grid_quantize(x, alpha, sigma, grid, sample.survivors, self.pi_mode)
         sampler = db.sample_top if self.drop_variant == "top" else db.sample_lsb
         sample = sampler(x.shape, grid, self.drop_rate, gen, dev)

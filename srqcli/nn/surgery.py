@@ -56,14 +56,15 @@ def _matches(name: str, pattern: str) -> bool:
 
 def plan_bits(names_in_order: list[str], cfg: QuantConfig) -> list[LayerBits]:
     """Bits of each quantized layer; ``names_in_order`` is the execution order."""
+    for what, patterns in (("--skip", cfg.skip), ("per-layer bits", cfg.layers)):
+        for pattern in patterns:
+            if not any(_matches(n, pattern) for n in names_in_order):
+                listed = ", ".join(names_in_order[:6]) + (", …" if len(names_in_order) > 6 else "")
+                raise SrqError(f"{what}: pattern {pattern!r} matches no Conv2d/Linear layer "
+                               f"(layers: {listed})")
     kept = [n for n in names_in_order if not any(_matches(n, p) for p in cfg.skip)]
     if not kept:
         raise SrqError("every Conv2d/Linear layer is excluded by --skip: nothing to quantize")
-    known = set(names_in_order)
-    for pattern in cfg.layers:
-        if not any(_matches(n, pattern) for n in known):
-            raise SrqError(f"per-layer bits: pattern {pattern!r} matches no Conv2d/Linear layer "
-                           f"(layers: {', '.join(names_in_order[:6])}{', …' if len(known) > 6 else ''})")
     plan = []
     for i, name in enumerate(kept):
         wb, ab = cfg.weight_bits, cfg.act_bits

@@ -22,7 +22,7 @@ from srqcli.io.checkpoint import load_into, read_state_dict
 @dataclass
 class EvalResult:
     target: str
-    kind: str  # "float" | "quantized"
+    kind: str  # "float" | "quantized" | "onnx"
     data: str
     metrics: EvalMetrics
 
@@ -47,8 +47,10 @@ def load_target(target: str, *, checkpoint: str | None, num_classes: int | None,
     """Build the model to evaluate and say what kind it is."""
     path = resolve_target(target)
     if path is not None:
-        model, info = load_model(path)
-        return model, "quantized" if info.quantized else "float"
+        from srqcli.export.artifacts import load_any  # also .onnx exports and packed .safetensors
+
+        model, _info, kind = load_any(path)
+        return model, kind
     model = build_model(target, num_classes or data_classes, in_channels)
     if checkpoint:
         load_into(model, read_state_dict(checkpoint, trust_pickle=trust_pickle), arch=target)
@@ -65,10 +67,10 @@ def run_eval(target: str, *, data: str | None, checkpoint: str | None = None,
     console = console or Console(stderr=True)
     path = resolve_target(target)
     info: ModelInfo | None = None
-    if path is not None and path.suffix == ".safetensors":
-        from srqcli.io.quantized import read_model_info
+    if path is not None and path.suffix in (".safetensors", ".onnx"):
+        from srqcli.export.artifacts import read_info
 
-        info = read_model_info(path)
+        info = read_info(path)
     recipe = info.recipe if info else Recipe()
     source = data or (info.recipe.data.source if info else None)
     if source is None:

@@ -13,6 +13,8 @@ from srqcli.core import srq
 from srqcli.core.grid import IntGrid
 from srqcli.core.srq import full_grid_surrogate, srq_quantize
 
+R = db.mask_reach(0.25)  # reach used by the quantizer at the initial σ = α/4
+
 F64 = torch.float64
 RATES = (0.02, 0.05, 0.1, 0.3)
 N = 200_000
@@ -153,10 +155,10 @@ def test_mask_goes_to_nearest_survivor(bits, signed, p):
     grid = IntGrid(bits, signed)
     x, alpha = mask_inputs(grid, 10_000, bits)
     u = x / alpha
-    sample = db.sample_mask(u, grid, p, gen(bits + 100))
+    sample = db.sample_mask(u, grid, p, gen(bits + 100), R)
     surv = sample.survivors
     m0 = torch.clamp(torch.round(u), grid.kmin, grid.kmax)
-    codes = m0.unsqueeze(-1) + torch.arange(-db.MASK_REACH, db.MASK_REACH + 1, dtype=F64)
+    codes = m0.unsqueeze(-1) + torch.arange(-R, R + 1, dtype=F64)
     in_grid = (codes >= grid.kmin) & (codes <= grid.kmax)
     assert not (surv & ~in_grid).any()
     protected = in_grid & (db.mask_probability(codes, bits, p) == 0)
@@ -175,8 +177,8 @@ def test_mask_goes_to_nearest_survivor(bits, signed, p):
     # outputs are α·k for k on the full grid (exact up to float rounding, see test below)
     torch.testing.assert_close(out.detach(), alpha * k, rtol=1e-12, atol=1e-14)
     assert ((k >= grid.kmin) & (k <= grid.kmax)).all()
-    idx = (k - m0 + db.MASK_REACH).long()
-    assert ((idx >= 0) & (idx <= 2 * db.MASK_REACH)).all()
+    idx = (k - m0 + R).long()
+    assert ((idx >= 0) & (idx <= 2 * R)).all()
     assert surv.gather(-1, idx.unsqueeze(-1)).all()  # never a masked point
     dist = torch.where(surv, (codes - u.unsqueeze(-1)).abs(), torch.full_like(codes, math.inf))
     assert ((k - u).abs() <= dist.min(-1).values + 1e-12).all()  # the nearest survivor
@@ -194,26 +196,26 @@ def test_mask_goes_to_nearest_survivor(bits, signed, p):
 def test_mask_reproducible():
     grid = IntGrid(4, True)
     x, alpha = mask_inputs(grid, 5000, 0)
-    a = db.sample_mask(x / alpha, grid, 0.2, gen(3)).survivors
-    b = db.sample_mask(x / alpha, grid, 0.2, gen(3)).survivors
-    c = db.sample_mask(x / alpha, grid, 0.2, gen(4)).survivors
+    a = db.sample_mask(x / alpha, grid, 0.2, gen(3), R).survivors
+    b = db.sample_mask(x / alpha, grid, 0.2, gen(3), R).survivors
+    c = db.sample_mask(x / alpha, grid, 0.2, gen(4), R).survivors
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 # ------------------------------------------- masked grid with all points surviving (5)
 
-def all_survivors(x: torch.Tensor, alpha: torch.Tensor, grid: IntGrid) -> torch.Tensor:
+def all_survivors(x: torch.Tensor, alpha: torch.Tensor, grid: IntGrid, reach: int = R) -> torch.Tensor:
     m0 = torch.clamp(torch.round(x / alpha), grid.kmin, grid.kmax)
-    codes = m0.unsqueeze(-1) + torch.arange(-db.MASK_REACH, db.MASK_REACH + 1, dtype=x.dtype)
+    codes = m0.unsqueeze(-1) + torch.arange(-reach, reach + 1, dtype=x.dtype)
     return (codes >= grid.kmin) & (codes <= grid.kmax)
 
 
-def masked_vs_srq(bits, signed, ratio, window, pi_mode="detach", n=4000, dtype=F64):
+def masked_vs_srq(bits, signed, ratio, window, pi_mode="detach", n=4000, dtype=F64, reach=R):
     """Outputs and max elementwise relative errors (x, α, σ) of the masked grid vs srq."""
     grid = IntGrid(bits, signed)
     x, a = mask_inputs(grid, n, bits + 17, dtype=dtype)
     upstream = torch.randn(n, generator=gen(9), dtype=dtype)
-    surv = all_survivors(x, a, grid)
+    surv = all_survivors(x, a, grid, reach)
     results = []
     fns = [lambda xx, aa, ss: db.masked_grid_quantize(xx, aa, ss, grid, surv, pi_mode)]
     if window == "full":
@@ -243,10 +245,6 @@ def test_masked_all_survivors_forward_matches_srq_up_to_rounding():
                                    atol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG masked_grid_quantize forward is computed as s + (α·m − s).detach(), which is not "
-    "exactly α·m in floating point (off by ~1 ulp of the surrogate), so it is not exactly "
-    "equal to srq_quantize / round-and-clip"))
 def test_masked_all_survivors_forward_exact():
     for (bits, signed), dtype in itertools.product(CONFIGS, [torch.float32, F64]):
         for ratio in (0.1, 0.25, 0.5):
@@ -254,9 +252,6 @@ def test_masked_all_survivors_forward_exact():
             assert torch.equal(o1, o2), (bits, signed, dtype, ratio)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG masked_grid_quantize breaks exact half-step ties to the LOWER survivor; the SRQ "
-    "forward (and ONNX) rounds half to even: x/α = 1.5 → 1 (srq: 2), -0.5 → -1 (srq: 0)"))
 def test_masked_all_survivors_ties_round_half_to_even():
     grid = IntGrid(4, True)
     alpha = torch.tensor(0.25, dtype=F64)
@@ -267,36 +262,29 @@ def test_masked_all_survivors_ties_round_half_to_even():
 
 
 @pytest.mark.parametrize("pi_mode", srq.PI_MODES)
-def test_masked_all_survivors_backward_equals_srq_window_2(pi_mode):
-    """The mask variant's 7-code reach covers the 6 edges m±½ … m±2½: srq's w=2 exactly."""
-    for (bits, signed), ratio in itertools.product(CONFIGS, (0.05, 0.1, 0.25, 0.5)):
-        _, _, errs = masked_vs_srq(bits, signed, ratio, 2, pi_mode)
-        assert max(errs) <= 1e-10, (bits, signed, ratio, errs)
+def test_masked_all_survivors_backward_equals_srq_window(pi_mode):
+    """Reach R covers the 2R edges m±½ … m±(R−½): srq's window w = R−1 exactly."""
+    for (bits, signed), ratio, reach in itertools.product(CONFIGS, (0.05, 0.1, 0.25, 0.5), (3, 4)):
+        _, _, errs = masked_vs_srq(bits, signed, ratio, reach - 1, pi_mode, reach=reach)
+        assert max(errs) <= 1e-10, (bits, signed, ratio, reach, errs)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG/mismatch: masked_grid_quantize (reach 3 → edges m±0.5…m±2.5) approximates the far "
-    "edges like srq window 2, not window 3 (edges up to m±3.5). vs window 3 at σ=α/4 the "
-    "elementwise relative error is x 2.1e-5, α 4.6e-5, σ 8.0e-4 (at σ=0.2α: 1.2e-6/2.7e-6/4.8e-5)"))
-def test_masked_all_survivors_backward_equals_srq_window_3():
-    for (bits, signed), ratio in itertools.product(CONFIGS, (0.05, 0.1, 0.2, 0.25)):
-        _, _, errs = masked_vs_srq(bits, signed, ratio, 3)
-        assert max(errs) <= 1e-6, (bits, signed, ratio, errs)
+def test_mask_reach_follows_the_srq_window():
+    for ratio in (0.05, 0.25, 0.3, 0.4, 0.5):
+        assert db.mask_reach(ratio) == srq.default_window(ratio) + 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG mask variant truncation: its effective window is w=2 for every σ, so at the σ cap "
-    "(σ=α/2) its error vs the full-grid reference reaches x 6.3e-3, α 1.6e-2, σ 1.2e-1 at "
-    "8 bits (3 bits: 4.2e-3/5.5e-3/5.9e-2), > 1e-3; at σ=α/4 it is < 1e-3"))
 def test_masked_all_survivors_truncation_at_sigma_cap():
     for bits, signed in CONFIGS:
         for ratio in (0.25, 0.5):
-            _, _, errs = masked_vs_srq(bits, signed, ratio, "full", n=2000)
+            _, _, errs = masked_vs_srq(bits, signed, ratio, "full", n=2000,
+                                       reach=db.mask_reach(ratio))
             assert max(errs) < 1e-3, (bits, signed, ratio, errs)
 
 
 def test_masked_all_survivors_truncation_up_to_quarter_step():
     for bits, signed in CONFIGS:
         for ratio in (0.1, 0.25):
-            _, _, errs = masked_vs_srq(bits, signed, ratio, "full", n=2000)
+            _, _, errs = masked_vs_srq(bits, signed, ratio, "full", n=2000,
+                                       reach=db.mask_reach(ratio))
             assert max(errs) < 1e-3, (bits, signed, ratio, errs)

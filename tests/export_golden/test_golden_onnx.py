@@ -1,0 +1,293 @@
+"""Golden tests: srq's ONNX export against the PyTorch quantized model, in onnxruntime.
+
+Every small model below covers a group of layer types (plain/grouped/depthwise Conv2d, Linear,
+with and without bias, BatchNorm after conv with randomised statistics and some negative γ,
+residual add, ReLU/ReLU6, max and average pooling) at 2, 3, 4 and 8 bits with per-tensor and
+per-channel weight steps.
+
+Stated tolerances:
+* onnxruntime with ``ORT_DISABLE_ALL``: every output within 1 output step of PyTorch (the
+  graph is the PyTorch computation; measured max ≈ 1e-4 steps).
+* default optimisation (fused integer kernels): every output within 1 output step of the
+  *integer reference* (same graph with onnxruntime's int32-rounded biases, no fusion; measured
+  0 steps), and within ``DEFAULT_MAX_FLIPS`` *code flips* of PyTorch, a code flip being the
+  largest change one input code of the last layer can make (``α_x·max|ŵ|``). The deviation is
+  onnxruntime's rounding of each bias to the accumulator grid (up to ``α_x·scale_c/2``), which
+  flips a few codes of the following layer; measured up to 3.5 flips here.
+
+The output step is the accumulator step of the last layer, ``α_x·max_c scale_c``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx.reference import ReferenceEvaluator
+from torch import nn
+
+from srqcli.export.demo import quantize_untrained, randomize_batchnorm
+from srqcli.export.encodings import freeze_model
+from srqcli.export.graph import trace
+from srqcli.export.to_onnx import build_onnx, output_layer, output_step
+from srqcli.export.verify import executed_op_types, ort_session, run_onnx
+
+SIZE = 10
+DEFAULT_MAX_FLIPS = 6
+
+
+class PlainNet(nn.Module):
+    """Conv with and without bias, ReLU, Linear with bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1, bias=True)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(6, 8, 3, stride=2, padding=1, bias=False)
+        self.relu2 = nn.ReLU()
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(8 * 5 * 5, 10)
+
+    def forward(self, x):
+        return self.fc(self.flatten(self.relu2(self.conv2(self.relu1(self.conv1(x))))))
+
+
+class BNNet(nn.Module):
+    """Conv → BN → ReLU → max-pool, Conv(bias) → BN → ReLU6 → avg-pool, Linear without bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=True)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.relu2 = nn.ReLU6()
+        self.pool2 = nn.AvgPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(8 * 2 * 2, 10, bias=False)
+
+    def forward(self, x):
+        x = self.pool1(self.relu1(self.bn1(self.conv1(x))))
+        x = self.pool2(self.relu2(self.bn2(self.conv2(x))))
+        return self.fc(self.flatten(x))
+
+
+class GroupNet(nn.Module):
+    """Grouped and depthwise convolutions, pointwise conv, global average pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.grouped = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=False),
+                                     nn.BatchNorm2d(8), nn.ReLU())
+        self.depthwise = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8, bias=False),
+                                       nn.BatchNorm2d(8), nn.ReLU6(inplace=True))
+        self.pointwise = nn.Conv2d(8, 16, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.depthwise(self.grouped(self.stem(x)))
+        x = F.relu(self.pointwise(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class ResNet(nn.Module):
+    """Residual blocks (identity and 1x1 downsample shortcut, in-place add), avg pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.c1 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.b1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.b2 = nn.BatchNorm2d(8)
+        self.c3 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
+        self.b3 = nn.BatchNorm2d(16)
+        self.c4 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.b4 = nn.BatchNorm2d(16)
+        self.down = nn.Sequential(nn.Conv2d(8, 16, 1, stride=2, bias=False), nn.BatchNorm2d(16))
+        self.pool = nn.AvgPool2d(5)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        out = self.b2(self.c2(F.relu(self.b1(self.c1(x)))))
+        out += x
+        x = F.relu(out)
+        out = self.b4(self.c4(F.relu(self.b3(self.c3(x)))))
+        x = F.relu(out + self.down(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class MLP(nn.Module):
+    """Linear layers only, with and without bias, ReLU and ReLU6."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * SIZE * SIZE, 32), nn.ReLU(),
+                                 nn.Linear(32, 16, bias=False), nn.ReLU6(), nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+MODELS = {"plain": PlainNet, "bn": BNNet, "grouped": GroupNet, "residual": ResNet, "mlp": MLP}
+
+
+def make(name: str, bits: int, per_channel: bool, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = randomize_batchnorm(MODELS[name](), seed=seed, negative_gamma=0.3)
+    with torch.no_grad():  # conv biases of a fresh model are tiny; make them matter
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                m.bias.normal_(0, 0.2)
+    return quantize_untrained(model, (16, 3, SIZE, SIZE), weight_bits=bits, act_bits=bits,
+                              per_channel=per_channel, seed=seed)
+
+
+def export(model: nn.Module, layout: str = "qdq", opset: int | None = None):
+    traced = trace(model, (2, 3, SIZE, SIZE))
+    frozen = freeze_model(model, traced.bn_folds)
+    proto, stats = build_onnx(traced, frozen, layout=layout, opset=opset)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto, output_step(traced, frozen), frozen, stats
+
+
+def flip_step(model: nn.Module) -> float:
+    """Largest output change from one flipped input code of the last layer."""
+    traced = trace(model, (2, 3, SIZE, SIZE))
+    fl = output_layer(traced, freeze_model(model, traced.bn_folds))
+    return fl.act.step * float((fl.deploy_codes.abs().float() * fl.scale[:, None]).max())
+
+
+def inputs(n: int = 32, seed: int = 1) -> np.ndarray:
+    return torch.randn(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed)).numpy()
+
+
+def reference(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def integer_reference(path, x: np.ndarray) -> np.ndarray:
+    basic = path.with_name(path.stem + ".basic.onnx")
+    ort_session(path, "basic", optimized_path=basic)
+    return run_onnx(ort_session(basic, "disabled"), x)
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per-tensor", "per-channel"])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_qdq_matches_pytorch(name, bits, per_channel, tmp_path):
+    model = make(name, bits, per_channel)
+    proto, step, _, _ = export(model)
+    path = tmp_path / "m.onnx"
+    onnx.save(proto, path)
+    x = inputs()
+    ref = reference(model, x)
+    off = run_onnx(ort_session(path, "disabled"), x)
+    assert np.abs(off - ref).max() <= step, f"ORT_DISABLE_ALL off by {np.abs(off - ref).max() / step:.3g} steps"
+    default = run_onnx(ort_session(path, "default"), x)
+    int_ref = integer_reference(path, x)
+    assert np.abs(default - int_ref).max() <= step
+    assert np.abs(default - ref).max() <= DEFAULT_MAX_FLIPS * flip_step(model)
+
+
+@pytest.mark.parametrize("bits,opset", [(2, 21), (2, 25), (3, 21), (4, 21), (8, 21)])
+def test_packed_layout_matches_pytorch(bits, opset, tmp_path):
+    model = make("residual", bits, per_channel=True)
+    proto, step, frozen, stats = export(model, "packed", opset)
+    want = "INT8" if bits > 4 else ("INT2" if bits == 2 and opset >= 25 else "INT4")
+    assert set(stats.weight_types.values()) == {want}
+    path = tmp_path / "p.onnx"
+    onnx.save(proto, path)
+    x = inputs()
+    ref = reference(model, x)
+    off = run_onnx(ort_session(path, "disabled"), x)
+    assert np.abs(off - ref).max() <= step
+    default = run_onnx(ort_session(path, "default"), x)
+    assert np.abs(default - integer_reference(path, x)).max() <= step
+
+
+def test_packed_layout_is_smaller(tmp_path):
+    model = make("residual", 4, per_channel=False)
+    qdq, _, _, _ = export(model, "qdq")
+    packed, _, _, _ = export(model, "packed")
+    codes = [t for t in packed.graph.initializer if t.name.endswith(".weight.codes")]
+    assert codes and all(t.data_type == onnx.TensorProto.INT4 for t in codes)
+    n = sum(int(np.prod(t.dims)) for t in codes)
+    assert sum(len(t.raw_data) for t in codes) == sum((int(np.prod(t.dims)) + 1) // 2 for t in codes) < n
+
+
+def test_reference_evaluator_matches(tmp_path):
+    """onnx's own reference implementation runs the same graph with the same result."""
+    model = make("bn", 4, per_channel=True)
+    proto, step, _, _ = export(model)
+    x = inputs(8)
+    ref = reference(model, x)
+    (out,) = ReferenceEvaluator(proto).run(None, {"input": x})
+    assert np.abs(out - ref).max() <= step
+    model = make("grouped", 3, per_channel=False)
+    proto, step, _, _ = export(model, "packed", 21)
+    (out,) = ReferenceEvaluator(proto).run(None, {"input": x})
+    assert np.abs(out - reference(model, x)).max() <= step
+
+
+@pytest.mark.parametrize("name,fused", [("bn", {"QLinearConv": 2}), ("mlp", {"QGemm": 2}),
+                                        ("grouped", {"QLinearConv": 4})])
+def test_onnxruntime_fuses_integer_kernels(name, fused, tmp_path):
+    """Convs and matmuls whose output is quantized run as integer kernels (environment.md)."""
+    model = make(name, 4, per_channel=True)
+    proto, _, _, stats = export(model)
+    path = tmp_path / "m.onnx"
+    onnx.save(proto, path)
+    ops = executed_op_types(path, tmp_path)
+    for op, count in fused.items():
+        assert ops.get(op, 0) >= count, ops
+    assert len(stats.fused_candidates) >= sum(fused.values())
+
+
+def test_negative_gamma_with_code_minus_128(tmp_path):
+    """8-bit: a channel holding code −128 under a negative γ cannot be negated in int8; it keeps
+    a negative dequantization scale and the export is still exact."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm(BNNet(), negative_gamma=0.0)
+    with torch.no_grad():
+        model.bn1.weight[0] = -1.0
+        model.bn1.weight[1] = -0.7
+        model.conv1.weight[0, 0, 0, 0] = -model.conv1.weight[0].abs().max() * 1.5
+    quantize_untrained(model, (16, 3, SIZE, SIZE), weight_bits=8, act_bits=8, per_channel=True)
+    proto, step, frozen, _ = export(model)
+    fl = frozen.layers["conv1"]
+    assert int(fl.codes[0].min()) == -128
+    assert fl.negative_scale_channels == [0]
+    assert bool(fl.flipped[1]) and float(fl.scale[1]) > 0 and float(fl.scale[0]) < 0
+    path = tmp_path / "m.onnx"
+    onnx.save(proto, path)
+    x = inputs()
+    ref = reference(model, x)
+    assert np.abs(run_onnx(ort_session(path, "disabled"), x) - ref).max() <= step
+    default = run_onnx(ort_session(path, "default"), x)
+    assert np.abs(default - integer_reference(path, x)).max() <= step
+
+
+def test_bn_folding_is_exact_in_float64():
+    """The folded deploy view equals conv → BN evaluated in float64 (codes unchanged)."""
+    model = make("bn", 4, per_channel=False)
+    frozen = freeze_model(model, trace(model, (2, 3, SIZE, SIZE)).bn_folds)
+    fl = frozen.layers["conv2"]
+    x = torch.randn(4, 8, 5, 5, dtype=torch.float64)
+    alpha = fl.weight_step.double()
+    y = F.conv2d(x, fl.codes.double() * alpha, fl.bias.double(), padding=1)
+    bn = model.bn2
+    y = (y - bn.running_mean.double()[:, None, None]) / torch.sqrt(bn.running_var.double()[:, None, None] + bn.eps) \
+        * bn.weight.double()[:, None, None] + bn.bias.double()[:, None, None]
+    folded = F.conv2d(x, fl.deploy_codes.double() * fl.scale.double()[:, None, None, None],
+                      fl.deploy_bias.double(), padding=1)
+    assert torch.allclose(folded, y, rtol=1e-6, atol=1e-6)
+    assert torch.equal(fl.deploy_codes.abs(), fl.codes.abs())
