@@ -11,7 +11,6 @@ peak RSS minus that of a process that only builds the model and the batch.
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import subprocess
 import sys

@@ -8,7 +8,24 @@ import pytest
 import torch
 
 from srqcli.config import load_recipe
+from srqcli.core import srq as srq_core
 from srqcli.workflow.quantize import run_quantize
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    """A seeded CPU generator (tests draw from explicit generators, never the global RNG)."""
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def eager_srq():
+    """Eager SRQ math (fast to start) on one intra-op thread (small tensors; 2-core machine)."""
+    previous, threads = srq_core._use_fused, torch.get_num_threads()
+    srq_core.set_fused(False)
+    torch.set_num_threads(1)
+    yield
+    srq_core.set_fused(previous)
+    torch.set_num_threads(threads)
 
 
 def quick_recipe(**overrides):

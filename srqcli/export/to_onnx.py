@@ -357,6 +357,10 @@ class _Builder:
             k = list(fl.codes.shape[2:])
             return self.op("Conv", inputs, fl.name, kernel_shape=k, strides=list(fl.stride),
                            pads=list(fl.padding) * 2, dilations=list(fl.dilation), group=fl.groups)
+        if not fused and b and self.layout == "qdq":
+            # a float-output Gemm fuses into QGemm (float output) only without a bias input
+            y = self.linear(node, inputs[:2], f"{fl.name}.matmul")
+            return self.op("Add", [y, b], fl.name)
         return self.linear(node, inputs, fl.name)
 
     def linear(self, node: fx.Node, inputs: list[str], name: str) -> str:

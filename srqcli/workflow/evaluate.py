@@ -11,7 +11,7 @@ from torch import nn
 from srqcli.config import Recipe
 from srqcli.data import DataSpec, load_datasets, make_loaders
 from srqcli.errors import SrqError
-from srqcli.io.quantized import ModelInfo, load_model
+from srqcli.io.quantized import ModelInfo
 from srqcli.models import build_model
 from srqcli.train.loop import EvalMetrics, evaluate, resolve_device
 from srqcli.train.progress import Reporter

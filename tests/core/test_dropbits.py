@@ -12,6 +12,7 @@ from srqcli.core import dropbits as db
 from srqcli.core import srq
 from srqcli.core.grid import IntGrid
 from srqcli.core.srq import full_grid_surrogate, srq_quantize
+from conftest import gen
 
 R = db.mask_reach(0.25)  # reach used by the quantizer at the initial σ = α/4
 
@@ -21,19 +22,7 @@ N = 200_000
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def eager_backward():
-    """Eager SRQ math (fast to start) on one intra-op thread (small tensors; 2-core machine)."""
-    previous, threads = getattr(srq, "_use_fused", True), torch.get_num_threads()
-    srq.set_fused(False)
-    torch.set_num_threads(1)
-    yield
-    srq.set_fused(previous)
-    torch.set_num_threads(threads)
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+pytestmark = pytest.mark.usefixtures("eager_srq")
 
 
 def within(frac: float, p: float, n: int = N, k: float = 4.0) -> bool:

@@ -26,15 +26,7 @@ PER_CHANNEL_ALPHA = (0.1, 0.037, 0.25, 1.3)
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def eager_backward():
-    """Eager SRQ math (fast to start) on one intra-op thread (small tensors; 2-core machine)."""
-    previous, threads = getattr(srq, "_use_fused", True), torch.get_num_threads()
-    srq.set_fused(False)
-    torch.set_num_threads(1)
-    yield
-    srq.set_fused(previous)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("eager_srq")
 
 
 def reference_forward(x: torch.Tensor, alpha: torch.Tensor, kmin: int, kmax: int) -> torch.Tensor:

@@ -238,10 +238,12 @@ def test_reference_evaluator_matches(tmp_path):
     assert np.abs(out - reference(model, x)).max() <= step
 
 
-@pytest.mark.parametrize("name,fused", [("bn", {"QLinearConv": 2}), ("mlp", {"QGemm": 2}),
-                                        ("grouped", {"QLinearConv": 4})])
+@pytest.mark.parametrize("name,fused", [("bn", {"QLinearConv": 1, "QGemm": 1}), ("mlp", {"QGemm": 3}),
+                                        ("grouped", {"QLinearConv": 3})])
 def test_onnxruntime_fuses_integer_kernels(name, fused, tmp_path):
-    """Convs and matmuls whose output is quantized run as integer kernels (environment.md)."""
+    """Convs whose output is quantized (stem, grouped and depthwise here) run as QLinearConv;
+    Linear layers run as QGemm (with a float output for the logits). Convs whose output feeds
+    average pooling stay float (``DQ → Conv``)."""
     model = make(name, 4, per_channel=True)
     proto, _, _, stats = export(model)
     path = tmp_path / "m.onnx"
@@ -249,7 +251,7 @@ def test_onnxruntime_fuses_integer_kernels(name, fused, tmp_path):
     ops = executed_op_types(path, tmp_path)
     for op, count in fused.items():
         assert ops.get(op, 0) >= count, ops
-    assert len(stats.fused_candidates) >= sum(fused.values())
+    assert len(stats.fused_candidates) >= fused.get("QLinearConv", 0)
 
 
 def test_negative_gamma_with_code_minus_128(tmp_path):
@@ -260,8 +262,9 @@ def test_negative_gamma_with_code_minus_128(tmp_path):
     with torch.no_grad():
         model.bn1.weight[0] = -1.0
         model.bn1.weight[1] = -0.7
-        model.conv1.weight[0, 0, 0, 0] = -model.conv1.weight[0].abs().max() * 1.5
     quantize_untrained(model, (16, 3, SIZE, SIZE), weight_bits=8, act_bits=8, per_channel=True)
+    with torch.no_grad():  # put the one code that has no int8 negative into channel 0
+        model.conv1.weight[0, 0, 0, 0] = -128 * model.conv1.weight_quant.alpha[0, 0, 0, 0]
     proto, step, frozen, _ = export(model)
     fl = frozen.layers["conv1"]
     assert int(fl.codes[0].min()) == -128

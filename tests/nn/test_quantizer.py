@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from srqcli.core import dropbits as db
-from srqcli.core import srq
 from srqcli.core.grid import IntGrid
+from conftest import gen
 from srqcli.nn.quantizer import (
     SIGMA_MAX_RATIO,
     SIGMA_MIN_RATIO,
@@ -21,19 +21,7 @@ from srqcli.nn.quantizer import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def eager_backward():
-    """Eager SRQ math (fast to start) on one intra-op thread (small tensors; 2-core machine)."""
-    previous, threads = getattr(srq, "_use_fused", True), torch.get_num_threads()
-    srq.set_fused(False)
-    torch.set_num_threads(1)
-    yield
-    srq.set_fused(previous)
-    torch.set_num_threads(threads)
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+pytestmark = pytest.mark.usefixtures("eager_srq")
 
 
 def make_quantizer(bits=4, signed=True, x=None, channels=None, dims=1, seed=0, **kw):
@@ -196,7 +184,6 @@ def test_init_step_is_mse_optimal_8bit():
 def test_init_step_is_mse_optimal_uniform_signed(bits):
     x = data("uniform", 5_000, bits)
     assert ratio_to_best(x, bits, True) <= 1.02
-
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

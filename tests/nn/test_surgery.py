@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from srqcli.config import QuantConfig
-from srqcli.core import srq
 from srqcli.errors import SrqError
 from srqcli.nn.layers import QuantConv2d, QuantLinear
 from srqcli.nn.quantizer import SRQQuantizer
@@ -18,15 +17,7 @@ from srqcli.nn.surgery import LayerBits, quant_layers, quantize_model
 EXEC_ORDER = ["stem", "block.0", "block.3", "mid", "head"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def eager_backward():
-    """Eager SRQ math (fast to start) on one intra-op thread (small tensors; 2-core machine)."""
-    previous, threads = getattr(srq, "_use_fused", True), torch.get_num_threads()
-    srq.set_fused(False)
-    torch.set_num_threads(1)
-    yield
-    srq.set_fused(previous)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("eager_srq")
 
 
 class Net(nn.Module):
