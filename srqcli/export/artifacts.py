@@ -27,7 +27,7 @@ class OnnxModule(nn.Module):
         from srqcli.export.verify import ort_session
 
         self.path = str(path)
-        self.session = ort_session(path, level, threads=threads)
+        self.session = ort_session(path, level, threads=threads, spinning=True)
         self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, x: Tensor) -> Tensor:

@@ -56,14 +56,20 @@ DEFAULT_TOP1 = 0.97  # gate 3: default level vs PyTorch on real data
 
 
 def ort_session(model: str | os.PathLike | bytes, level: str = "default", threads: int = 2,
-                optimized_path: str | os.PathLike | None = None):
-    """An onnxruntime CPU session; ``level`` is ``disabled`` or ``default``."""
+                optimized_path: str | os.PathLike | None = None, spinning: bool = False):
+    """An onnxruntime CPU session; ``level`` is ``disabled``, ``basic`` or ``default``.
+
+    ``spinning=False`` (verification) stops idle worker threads from busy-waiting, which on a
+    loaded machine slows everything else down; keep it on to measure latency.
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = {
         "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -1,7 +1,8 @@
 """Progress bars for long work (training, evaluation, calibration), rendered with Rich.
 
 The loops only call :class:`Reporter`; with ``enabled=False`` (library use, tests, non-zero
-ranks under torchrun) nothing is drawn.
+ranks under torchrun) nothing is drawn. When the output is not a terminal (a log file, CI)
+a live bar would print nothing until the end, so a plain line is logged every 10% instead.
 """
 
 from __future__ import annotations
@@ -14,8 +15,13 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, Text
 class Reporter:
     """A Rich progress display showing loss, accuracy and images/s per task."""
 
+    LOG_EVERY = 0.1  # fraction of a task between log lines when not on a terminal
+
     def __init__(self, console: Console, enabled: bool = True) -> None:
         self.enabled = enabled
+        self.console = console
+        self.log_lines = enabled and not console.is_terminal
+        self._logged: dict[TaskID, int] = {}
         self.progress = Progress(
             TextColumn("[bold]{task.description:<12}"),
             BarColumn(bar_width=28),
@@ -26,7 +32,7 @@ class Reporter:
             TimeRemainingColumn(),
             console=console,
             transient=False,
-            disable=not enabled,
+            disable=not enabled or self.log_lines,
         )
 
     def __enter__(self) -> Reporter:
@@ -51,6 +57,13 @@ class Reporter:
         if seconds > 0:
             parts.append(f"{images / seconds:,.0f} img/s")
         self.progress.update(task, advance=1, stats="  ".join(parts))
+        if self.log_lines:
+            t = self.progress.tasks[task]
+            step = max(1, int((t.total or 1) * self.LOG_EVERY))
+            if t.completed - self._logged.get(task, 0) >= step or t.completed == t.total:
+                self._logged[task] = int(t.completed)
+                self.console.print(f"{t.description.strip()} {int(t.completed)}/{int(t.total or 0)}  "
+                                   f"{'  '.join(parts)}", highlight=False)
 
     def finish(self, task: TaskID | None) -> None:
         if task is not None:

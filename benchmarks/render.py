@@ -1,0 +1,132 @@
+"""Render BENCHMARKS.md from the JSON results in ``benchmarks/results/`` (never by hand).
+
+    python -m benchmarks.render
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS
+
+OUT = Path(__file__).parent.parent / "BENCHMARKS.md"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _env_line(env: dict[str, Any]) -> str:
+    return (f"{env['machine']}; Python {env['python']}, torch {env['torch']}, srq {env['srq']} "
+            f"(commit {env['git_commit'] or '?'}), {env['threads']} threads")
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def step_time_section() -> list[str]:
+    lines = ["## Training step time and memory (CPU)", ""]
+    found = sorted(RESULTS.glob("step_time_*.json"))
+    if not found:
+        return lines + ["_not run yet_", ""]
+    for path in found:
+        r = json.loads(path.read_text())
+        lines += [f"{r['arch']} W{r['bits']}A{r['bits']}, batch {r['batch']}, input "
+                  f"{'×'.join(map(str, r['input']))}, median of {r['rounds']} alternating rounds.",
+                  "", f"Command: `{r['env']['command']}`", "", f"Machine: {_env_line(r['env'])}", "",
+                  "| configuration | step (ms, context) | time / float | training memory / float |",
+                  "|---|---:|---:|---:|"]
+        mem = r.get("memory", {}).get("ratio_to_float", {})
+        for c, t in r["median_step_s"].items():
+            m = f"{mem[c]:.2f}×" if c in mem else "—"
+            lines.append(f"| {c} | {t * 1000:.0f} | {r['time_ratio_to_float'][c]:.2f}× | {m} |")
+        lines.append("")
+    lines += ["`srq` is the shipped implementation (edge-form windowed backward, `torch.compile`d); "
+              "`srq-eager` the same math without fusion; `srq-fullgrid` the naive surrogate over "
+              "all 2^b grid points (memory N·2^b). Targets: time ≤ 1.5× float, memory ≤ 1.5× float.",
+              ""]
+    return lines
+
+
+def accuracy_section() -> list[str]:
+    lines = ["## Accuracy on real data: Fashion-MNIST ResNet-20 (all layers quantized)", ""]
+    r = _load("fmnist_accuracy")
+    if r is None:
+        return lines + ["_not run yet_", ""]
+    s = r["settings"]
+    runs = r["runs"]
+    lines += [
+        f"Float ResNet-20 trained {s['pretrain_epochs']} epochs on the 60k training images "
+        f"({r['float_checkpoint']}); every row then fine-tunes {s['epochs']} epochs from that "
+        f"checkpoint with the same schedule (Adam, cosine, lr {s['lr']}, quantizer lr "
+        f"{s['quant_lr']}"
+        + (f", on a fixed {s['train_limit']}-image subset of the training split" if s.get("train_limit") else "")
+        + "). Top-1 on the held-out 10k t10k split. Every Conv2d and Linear quantized (weights "
+        "and input activations; network input 8 bits). DropBits: "
+        f"`lsb`, p = {s['drop_rate']} annealed to 0 over the last epoch, then BatchNorm re-estimation.",
+        "", f"Command: `{r['env']['command']}`", "", f"Machine: {_env_line(r['env'])}", ""]
+    seeds = sorted({k.rsplit('/s', 1)[1] for k in runs})
+    float_top1 = [runs[f"float/s{x}"]["top1"] for x in seeds if f"float/s{x}" in runs]
+    targets = {4: 0.5, 3: 1.0, 2: 3.0}
+    lines += ["| model | top-1 % | gap to float | target | met? | epoch time (s) |", "|---|---:|---:|---:|:-:|---:|"]
+    if float_top1:
+        ep = statistics.mean(runs[f"float/s{seeds[0]}"]["epoch_seconds"])
+        lines.append(f"| float, fine-tuned equally | {_mean_sd(float_top1)} | — | — | — | {ep:.0f} |")
+    for bits in s["bits"]:
+        for variant in s["variants"]:
+            vals = [runs[k]["top1"] for k in runs if k.startswith(f"w{bits}a{bits}/{variant}/")]
+            if not vals:
+                continue
+            name = f"SRQ W{bits}A{bits}" + (" + DropBits" if variant != "none" else " (no DropBits)")
+            gap = statistics.mean(float_top1) - statistics.mean(vals) if float_top1 else float("nan")
+            target = targets.get(bits)
+            met = "yes" if target is not None and gap <= target else "no"
+            ep = statistics.mean(next(runs[k] for k in runs if k.startswith(f"w{bits}a{bits}/{variant}/"))["epoch_seconds"])
+            lines.append(f"| {name} | {_mean_sd(vals)} | {gap:+.2f} | ≤ {target} | {met} | {ep:.0f} |")
+    lines.append("")
+    return lines
+
+
+def ablation_section() -> list[str]:
+    lines = ["## DropBits variants (choosing the default): Fashion-MNIST LeNet-5, all layers", ""]
+    r = _load("dropbits_ablation")
+    if r is None:
+        return lines + ["_not run yet_", ""]
+    groups: dict[str, list[float]] = {}
+    for key, v in r["runs"].items():
+        groups.setdefault(key.rsplit("/s", 1)[0], []).append(v["top1"])
+    s = r["settings"]
+    lines += [f"Float LeNet-5 trained {s['pretrain_epochs']} epochs, then {s['epochs']} fine-tuning "
+              "epochs per row from the same checkpoint; rate annealed to 0 over the last epoch, "
+              "BatchNorm re-estimated (50 batches); mean ± std over seeds "
+              f"{', '.join(map(str, s['seeds']))}; held-out t10k top-1.", "",
+              f"Command: `{r['env']['command']}`", "", f"Machine: {_env_line(r['env'])}", "",
+              "| bits / variant / rate | top-1 % | seeds |", "|---|---:|---:|"]
+    for g in sorted(groups):
+        lines.append(f"| {g} | {_mean_sd(groups[g])} | {len(groups[g])} |")
+    lines.append("")
+    return lines
+
+
+def main() -> None:
+    lines = ["# Benchmarks", "",
+             "Rendered by `python -m benchmarks.render` from `benchmarks/results/*.json`; each "
+             "section names the command that produced it. Protocol: `../shared/benchmarks.md` "
+             "(ratios measured side by side in one run; accuracy on held-out splits only).", ""]
+    lines += step_time_section() + accuracy_section() + ablation_section()
+    extra = Path(__file__).parent / "NOTES.md"
+    if extra.is_file():
+        lines += [extra.read_text().rstrip(), ""]
+    OUT.write_text("\n".join(lines))
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
