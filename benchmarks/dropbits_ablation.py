@@ -5,7 +5,8 @@ with the same schedule, all layers quantized, annealed rate + BatchNorm re-estim
 the held-out t10k split. Results (mean ± std over seeds) go to
 ``benchmarks/results/dropbits_ablation.json``; interrupted runs continue where they stopped.
 
-    python -m benchmarks.dropbits_ablation --bits 2 3 --variants none top lsb mask --rates 0.05 --seeds 0 1
+    python -m benchmarks.dropbits_ablation --bits 2 3 --variants none top lsb mask --rates 0.05 \
+        --seeds 0 1 --epochs 2 --train-limit 20000
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ CACHE = RESULTS / "cache"
 def recipe(args, **quant) -> Recipe:
     return recipe_from_dict({
         "model": {"arch": "lenet5"},
-        "data": {"source": args.data, "batch_size": 128},
+        "data": {"source": args.data, "batch_size": 128, "train_limit": args.train_limit},
         "quant": quant,
         "dropbits": {"anneal_epochs": 1, "bn_reestimate_batches": 50},
         "train": {"epochs": args.epochs, "lr": 2e-4, "quant_lr": 1e-3},
@@ -40,6 +41,7 @@ def float_start(args, console):
     path = CACHE / f"lenet5_fmnist_float_{args.pretrain_epochs}ep.safetensors"
     if not path.is_file():
         r = recipe(args)
+        r.data.train_limit = None  # the float start sees the whole training split
         seed_everything(0)
         with Reporter(console) as rep:
             job = Job(r, CACHE, console, rep)
@@ -59,6 +61,7 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=["none", "top", "lsb", "mask"])
     p.add_argument("--rates", type=float, nargs="+", default=[0.05])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--train-limit", type=int, default=None, help="fine-tune on a fixed subset")
     args = p.parse_args()
     console = Console(stderr=True)
     CACHE.mkdir(parents=True, exist_ok=True)
