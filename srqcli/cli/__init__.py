@@ -5,10 +5,15 @@ to stderr and results (tables, JSON) to stdout so they can be piped. Each comman
 own module, registered on the shared :data:`app` when imported here.
 """
 
-from srqcli.cli import evaluate, export, quantize, recipes, report  # noqa: F401  (registers the commands)
+import logging
+
+from srqcli.cli import evaluate, export, quantize, recipes, report, search  # noqa: F401  (registers the commands)
 from srqcli.cli.app import app
 
 
 def main() -> None:
     """Console-script entry point."""
+    # torch.compile on a CPU-only machine logs "No CUDA runtime is found" at warning level:
+    # noise for srq's users, whose device choice srq reports itself.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     app()

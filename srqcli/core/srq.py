@@ -36,6 +36,7 @@ elementwise pass that ``torch.compile`` fuses into a single loop (see :func:`set
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -162,16 +163,27 @@ def set_fused(enabled: bool) -> None:
     _use_fused = enabled
 
 
-def _impl(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` itself, or its ``torch.compile``d version when fusing is on."""
-    if not _use_fused:
-        return fn
-    if fn.__name__ not in _compiled:
-        # One specialisation per (window, π mode, scalar/tensor bounds, α rank): a model has
-        # a handful, more than dynamo's default limit of 8 per function.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _compiled[fn.__name__] = torch.compile(fn, dynamic=True, fullgraph=True)
-    return _compiled[fn.__name__]
+def _run(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call ``fn``, through ``torch.compile`` when fusing is on.
+
+    If compiling fails (no C++ compiler, an unsupported platform) srq warns once and falls
+    back to eager: slower, same numbers. A genuine error in the math re-raises from eager.
+    """
+    global _use_fused
+    if _use_fused:
+        if fn.__name__ not in _compiled:
+            # One specialisation per (window, π mode, scalar/tensor bounds, α rank): a model
+            # has a handful, more than dynamo's default limit of 8 per function.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            _compiled[fn.__name__] = torch.compile(fn, dynamic=True, fullgraph=True)
+        try:
+            return _compiled[fn.__name__](*args)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back, say why
+            warnings.warn(f"torch.compile of the SRQ kernels failed ({type(exc).__name__}); "
+                          "running them eagerly (slower). Set SRQ_FUSED=0 to skip compiling.",
+                          RuntimeWarning, stacklevel=2)
+            _use_fused = False
+    return fn(*args)
 
 
 class _SRQFunction(torch.autograd.Function):
@@ -184,15 +196,15 @@ class _SRQFunction(torch.autograd.Function):
         ctx.kmax_t = isinstance(kmax, Tensor)
         ctx.kmin, ctx.kmax = (None if ctx.kmin_t else kmin), (None if ctx.kmax_t else kmax)
         ctx.window, ctx.pi_mode = window, pi_mode
-        return _impl(_forward_math)(x, alpha, kmin, kmax)
+        return _run(_forward_math, x, alpha, kmin, kmax)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, alpha, sigma, *bounds = ctx.saved_tensors
         kmin = bounds.pop(0) if ctx.kmin_t else ctx.kmin
         kmax = bounds.pop(0) if ctx.kmax_t else ctx.kmax
-        g_x, g_alpha, g_sigma = _impl(srq_backward_math)(
-            grad.contiguous(), x, alpha, sigma, kmin, kmax, ctx.window, ctx.pi_mode)
+        g_x, g_alpha, g_sigma = _run(srq_backward_math, grad.contiguous(), x, alpha, sigma,
+                                     kmin, kmax, ctx.window, ctx.pi_mode)
         return g_x, g_alpha, g_sigma, None, None, None, None
 
 
