@@ -76,7 +76,7 @@ def build_float_model(recipe: Recipe, data: DatasetBundle, weights: dict | nn.Mo
     return model
 
 
-def _calibration_batches(loader, count: int, device: torch.device):
+def calibration_batches(loader, count: int, device: torch.device):
     for i, (images, _) in enumerate(loader):
         if i >= count:
             break
@@ -156,7 +156,7 @@ def _load_resume(path: Path) -> dict[str, Any]:
     return state
 
 
-def _pretrain(job: Job, model: nn.Module) -> nn.Module:
+def pretrain_float(job: Job, model: nn.Module) -> nn.Module:
     """Train the float model first (the built-in example and benchmarks start from scratch)."""
     path = job.out / rundir.FLOAT
     if path.is_file():  # resumed run: reuse the float start written before
@@ -206,7 +206,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle:
         model = build_float_model(recipe, job.data, weights).to(job.device)
         write_text_atomic(out / rundir.RECIPE, to_toml(recipe))
         if recipe.model.checkpoint is None:
-            model = _pretrain(job, model)
+            model = pretrain_float(job, model)
         float_metrics = evaluate(model, job.val_loader, job.device, amp=job.amp,
                                  reporter=reporter, label="float eval")
         console.print(f"float model: top-1 {float_metrics.top1:.2f}%")
@@ -214,7 +214,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle:
         q = recipe.quant
         if state is None:
             model, plan = quantize_model(
-                model, q, _calibration_batches(job.train_loader, recipe.data.calib_batches, job.device),
+                model, q, calibration_batches(job.train_loader, recipe.data.calib_batches, job.device),
                 seed=recipe.train.seed)
         else:
             plan = [LayerBits(**p) for p in state["plan"]]

@@ -27,7 +27,13 @@ RECIPE = "recipe.toml"
 METRICS = "metrics.json"
 RESUME = Path("checkpoints") / "last.pt"
 REPORT = (REPORT_JSON, REPORT_MD, CHART_PNG)  # written by srqcli.report.write_report
-OUTPUTS = (MODEL, FLOAT, RECIPE, METRICS, str(RESUME), *REPORT)
+# Written by ``srq search-bits``: the allocation ``srq quantize --bit-config`` reads, the search
+# log, and the end-of-search weights as a float state_dict.
+ALLOCATION = "bits.toml"
+SEARCH_JSON = "search.json"
+SEARCHED = "searched.safetensors"
+SEARCH = (ALLOCATION, SEARCH_JSON, SEARCHED)
+OUTPUTS = (MODEL, FLOAT, RECIPE, METRICS, str(RESUME), *REPORT, *SEARCH)
 
 
 def prepare(out: Path, *, resume: bool, overwrite: bool) -> Path:

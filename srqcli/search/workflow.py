@@ -1,0 +1,472 @@
+"""``srq search-bits``: search each layer's weight bits under a budget, write the allocation.
+
+Run folder (``--out``)::
+
+    OUT/bits.toml             the allocation: srq quantize --bit-config OUT/bits.toml
+    OUT/search.json           budget, allocation, costs, history (expected cost, λ per epoch)
+    OUT/recipe.toml           the resolved recipe (weights/quantizer settings of the search)
+    OUT/report.{json,md}, bits.png   bit-allocation report with the budget line
+    OUT/checkpoints/last.pt   search state after every epoch (--resume continues from it)
+    OUT/float.safetensors     the float start, when srq trained it (--pretrain-epochs)
+
+Strategies: ``learned`` (gates + multiplier, method.md §6) and ``sensitivity`` (Fisher-weighted
+quantization error + exact knapsack, no training).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from torch import nn
+
+from srqcli import __version__
+from srqcli.config import QuantConfig, Recipe, recipe_from_dict, to_toml
+from srqcli.core.grid import MAX_BITS, MIN_BITS
+from srqcli.errors import SrqError
+from srqcli.io.atomic import atomic_path, write_text_atomic
+from srqcli.io.checkpoint import read_state_dict
+from srqcli.nn.layers import is_quant_layer
+from srqcli.nn.surgery import (
+    LayerBits,
+    attach_quantizers,
+    plan_bits,
+    project_quantizers_,
+    quantizable_layers,
+    quantize_model,
+)
+from srqcli.report import write_report
+from srqcli.search.allocation import ALLOCATION_TOML, write_allocation
+from srqcli.search.budget import FILL, BudgetSpec, CostModel, check_pins, parse_budget
+from srqcli.search.gated import (
+    STRUCTURES,
+    GatedSRQQuantizer,
+    fix_allocation,
+    gated_quantizers,
+    install_gates,
+)
+from srqcli.search.readout import Allocation, allocate, readout, repair
+from srqcli.search.regularizer import LagrangeMultiplier, expected_bits, expected_cost
+from srqcli.search.sensitivity import fisher_diagonal, layer_sensitivity
+from srqcli.train.loop import EvalMetrics, evaluate, reestimate_batchnorm
+from srqcli.train.progress import Reporter
+from srqcli.workflow import rundir
+from srqcli.workflow.quantize import (
+    Job,
+    calibration_batches,
+    pretrain_float,
+    build_float_model,
+)
+
+SEARCH_JSON = rundir.SEARCH_JSON
+#: The network's weights at the end of the search, as a float state_dict (quantizers removed),
+#: so ``srq quantize -c OUT/searched.safetensors --bit-config OUT/bits.toml`` fine-tunes from them.
+SEARCHED = rundir.SEARCHED
+RESUME_FORMAT = "srq.search-resume"
+STRATEGIES = ("learned", "sensitivity")
+
+
+@dataclass
+class SearchConfig:
+    """Settings of a search (the recipe holds the data, model and training settings)."""
+
+    budget: str = "avg-bits=3.0"
+    min_bits: int = 2
+    max_bits: int = 4
+    act_bits: int | None = None  # None: the recipe's quant.act_bits
+    pins: dict[str, int] = field(default_factory=dict)  # layer name/pattern → weight bits
+    strategy: str = "learned"
+    structure: str = "top"  # level structure of the gates (top | lsb)
+    gate_lr: float = 0.02
+    gate_init: float = 0.9  # initial P(z > 0) of every gate
+    lambda_lr: float = 0.1  # dual-ascent step of the multiplier, per training step
+    penalty: float = 50.0  # augmented-Lagrangian ρ (damps the dual-ascent oscillation)
+    sensitivity_batches: int = 8
+    bn_reestimate_batches: int = 20
+    knapsack_cells: int = 20000
+
+    def validate(self) -> SearchConfig:
+        for key in ("min_bits", "max_bits", "act_bits"):
+            v = getattr(self, key)
+            if v is not None and not MIN_BITS <= v <= MAX_BITS:
+                raise SrqError(f"--{key.replace('_', '-')} must be between {MIN_BITS} and "
+                               f"{MAX_BITS}, got {v}")
+        if self.min_bits >= self.max_bits:
+            raise SrqError(f"--min-bits ({self.min_bits}) must be below --max-bits ({self.max_bits})")
+        if self.strategy not in STRATEGIES:
+            raise SrqError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.structure not in STRUCTURES:
+            raise SrqError(f"gate structure must be one of {', '.join(STRUCTURES)}, got {self.structure!r}")
+        if not 0.0 < self.gate_init < 1.0:
+            raise SrqError(f"gate_init must be in (0, 1), got {self.gate_init}")
+        for key in ("gate_lr", "lambda_lr", "penalty"):
+            if getattr(self, key) < 0:
+                raise SrqError(f"{key} must not be negative")
+        parse_budget(self.budget)
+        return self
+
+
+@dataclass
+class SearchResult:
+    out: Path
+    allocation: Allocation
+    plan: list[LayerBits]
+    float_metrics: EvalMetrics
+    search_metrics: EvalMetrics
+    history: list[dict[str, Any]] = field(default_factory=list)
+    readout_bits: dict[str, int] = field(default_factory=dict)
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def search_quant_config(recipe: Recipe, cfg: SearchConfig, pins: dict[str, int]) -> QuantConfig:
+    """The quantizer settings of the search network: ``max_bits`` weights, pins fixed."""
+    act = cfg.act_bits if cfg.act_bits is not None else recipe.quant.act_bits
+    return dataclasses.replace(recipe.quant, weight_bits=cfg.max_bits, act_bits=act,
+                               first_last_bits=None,
+                               layers={n: {"weight_bits": b} for n, b in pins.items()})
+
+
+def _structural_cost(model: nn.Module, q: QuantConfig, budget: BudgetSpec, input_shape,
+                     cfg: SearchConfig, pins: dict[str, int]) -> CostModel:
+    """Cost model from the float model (definition order), before any training or calibration."""
+    shadow = copy.deepcopy(model).cpu()
+    names = [n for n, _ in quantizable_layers(shadow)]
+    attach_quantizers(shadow, plan_bits(names, q), q)
+    return CostModel.build(shadow, budget, input_shape, cfg.min_bits, cfg.max_bits, pins)
+
+
+def _build_optimizer(model: nn.Module, recipe: Recipe, cfg: SearchConfig, steps: int):
+    gates = [g.gate_logits for _, g in gated_quantizers(model)]
+    gate_ids = {id(p) for p in gates}
+    from srqcli.nn.surgery import quantizer_parameters
+
+    qparams = [p for p in quantizer_parameters(model) if id(p) not in gate_ids]
+    qids = {id(p) for p in qparams} | gate_ids
+    weights = [p for p in model.parameters() if id(p) not in qids and p.requires_grad]
+    t = recipe.train
+    groups = [{"params": weights, "lr": t.lr}, {"params": qparams, "lr": t.quant_lr, "weight_decay": 0.0},
+              {"params": gates, "lr": cfg.gate_lr, "weight_decay": 0.0}]
+    if t.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum,
+                                                     weight_decay=t.weight_decay, nesterov=True)
+    else:
+        opt = torch.optim.Adam(groups, lr=t.lr, weight_decay=t.weight_decay)
+
+    def cosine(step: int) -> float:
+        if t.schedule != "cosine":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(steps, 1)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, [cosine, cosine, lambda _: 1.0])
+    return opt, sched
+
+
+def _save_float_weights(path: Path, model: nn.Module) -> None:
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+          if ".weight_quant." not in k and ".input_quant." not in k}
+    with atomic_path(path) as tmp:
+        save_file(sd, str(tmp))
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, bad pickle opcodes…
+        raise SrqError(f"resume checkpoint {path} is damaged ({type(exc).__name__}); "
+                       "delete it and start over with --overwrite") from exc
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+        raise SrqError(f"{path} is not an srq search-bits resume checkpoint")
+    return state
+
+
+def run_search(recipe: Recipe, cfg: SearchConfig, out: Path, *, resume: bool = False,
+               overwrite: bool = False, trust_pickle: bool = False,
+               console: Console | None = None, show_progress: bool = True) -> SearchResult:
+    """Search per-layer weight bits under ``cfg.budget`` and write the run folder ``out``."""
+    console = console or Console(stderr=True)
+    if not resume:
+        cfg.validate()
+    created = not out.exists()
+    rundir.prepare(out, resume=resume, overwrite=overwrite)
+    try:
+        return _run(recipe, cfg, out, resume, overwrite, trust_pickle, console, show_progress)
+    except BaseException:
+        if created and out.is_dir() and not any(p.is_file() for p in out.rglob("*")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, overwrite: bool,
+         trust_pickle: bool, console: Console, show_progress: bool) -> SearchResult:
+    recipe, cfg = copy.deepcopy(recipe), copy.deepcopy(cfg)
+    state = _load_state(out / rundir.RESUME) if resume else None
+    if state is not None:
+        recipe = recipe_from_dict(json.loads(state["recipe"]))
+        cfg = SearchConfig(**json.loads(state["search"])).validate()
+        console.print(f"[dim]resuming {out} after epoch {state['epoch']} with its saved settings[/]")
+    elif overwrite:
+        rundir.clear(out)
+    started = time.perf_counter()
+    budget = parse_budget(cfg.budget)
+    if recipe.model.checkpoint is None and recipe.model.pretrain_epochs <= 0:
+        raise SrqError("no --checkpoint given: srq search-bits starts from a pretrained model; pass "
+                       "--checkpoint PATH (or --pretrain-epochs N to train a float model first)")
+    weights = (read_state_dict(recipe.model.checkpoint, trust_pickle=trust_pickle)
+               if recipe.model.checkpoint else None)
+    with Reporter(console, enabled=show_progress) as reporter:
+        job = Job(recipe, out, console, reporter)
+        model = build_float_model(recipe, job.data, weights).to(job.device)
+        input_shape = (job.data.in_channels, job.data.image_size, job.data.image_size)
+        names = [n for n, _ in quantizable_layers(model)]
+        pins = check_pins(cfg.pins, names)
+        q = search_quant_config(recipe, cfg, pins)
+        # Fail on an impossible budget before any training.
+        _structural_cost(model, q, budget, input_shape, cfg, pins).check_feasible(
+            cfg.min_bits, cfg.max_bits, pins)
+        recipe.quant = dataclasses.replace(q, layers={})
+        write_text_atomic(out / rundir.RECIPE, to_toml(recipe))
+        if recipe.model.checkpoint is None:
+            model = pretrain_float(job, model)
+        float_metrics = evaluate(model, job.val_loader, job.device, amp=job.amp,
+                                 reporter=reporter, label="float eval")
+        console.print(f"float model: top-1 {float_metrics.top1:.2f}%")
+        if cfg.strategy == "sensitivity":
+            model, plan, _cost, alloc, history, ro, metrics = _sensitivity(
+                job, model, q, budget, input_shape, cfg, pins)
+        else:
+            model, plan, _cost, alloc, history, ro, metrics = _learned(
+                job, model, q, budget, input_shape, cfg, pins, state)
+    final_plan = [LayerBits(lb.name, alloc.bits[lb.name], lb.act_bits) for lb in plan]
+    header = [(f"srq search-bits {__version__}: {recipe.model.arch}, strategy {cfg.strategy}, "
+               f"bits {cfg.min_bits}..{cfg.max_bits}"),
+              (f"budget {budget.kind} = {budget.value:g}; achieved {alloc.achieved:.6g} "
+               f"({alloc.fill:.2%}, {alloc.method})"),
+              f"use: srq quantize {recipe.model.arch} --bit-config {ALLOCATION_TOML} ..."]
+    write_allocation(out / ALLOCATION_TOML, final_plan, header)
+    for note in alloc.notes:
+        console.print(f"[dim]{note}[/]")
+    info = job.info(final_plan, {"float_top1": float_metrics.top1, "top1": metrics.top1})
+    summary = {
+        "srq_version": __version__,
+        "strategy": cfg.strategy,
+        "search": asdict(cfg),
+        "budget": {"kind": budget.kind, "value": budget.value},
+        "achieved": alloc.achieved,
+        "fill": alloc.fill,
+        "allocation_method": alloc.method,
+        "in_window": alloc.in_window,
+        "notes": alloc.notes,
+        "allocation": alloc.bits,
+        "readout": ro,
+        "pins": pins,
+        "float": float_metrics.to_dict(),
+        "quantized": metrics.to_dict(),
+        "history": history,
+        "plan": [asdict(p) for p in final_plan],
+        "seconds": time.perf_counter() - started,
+        "device": str(job.device),
+    }
+    write_text_atomic(out / SEARCH_JSON, json.dumps(summary, indent=2) + "\n")
+    _save_float_weights(out / SEARCHED, model)
+    write_report(model.cpu(), out, info=info, metrics=summary, budget=(budget.kind, budget.value),
+                 source=str(out / ALLOCATION_TOML))
+    return SearchResult(out, alloc, final_plan, float_metrics, metrics, history, ro)
+
+
+def _sensitivity(job: Job, model: nn.Module, q: QuantConfig, budget: BudgetSpec, input_shape,
+                 cfg: SearchConfig, pins: dict[str, int]):
+    """Fisher-weighted quantization error per layer and bits, then the exact knapsack."""
+    names = [n for n, _ in quantizable_layers(model) if n not in pins]
+
+    def batches():
+        for i, batch in enumerate(job.train_loader):
+            if i >= cfg.sensitivity_batches:
+                break
+            yield batch
+
+    job.console.print(f"[bold]Sensitivity[/] of {len(names)} layers on {cfg.sensitivity_batches} batches")
+    fisher = fisher_diagonal(model, names, batches(), job.device)
+    values = layer_sensitivity(model, fisher, range(cfg.min_bits, cfg.max_bits + 1),
+                               per_channel=q.per_channel)
+    cost = _structural_cost(model, q, budget, input_shape, cfg, pins)
+    alloc = allocate(cost, values, "knapsack", cells=cfg.knapsack_cells)
+    qa = dataclasses.replace(q, layers={**q.layers, **{n: {"weight_bits": b} for n, b in alloc.bits.items()}})
+    model, plan = quantize_model(
+        model, qa, calibration_batches(job.train_loader, job.recipe.data.calib_batches, job.device),
+        seed=job.recipe.train.seed)
+    cost = CostModel.build(model, budget, input_shape, cfg.min_bits, cfg.max_bits, pins)
+    if not cost.fits(alloc.bits) and alloc.in_window:  # execution order changed the plan
+        alloc = allocate(cost, values, "knapsack", cells=cfg.knapsack_cells)
+        for m_name, m in model.named_modules():
+            if is_quant_layer(m) and m.weight_quant.bits != alloc.bits[m_name]:
+                m.weight_quant.set_bits(alloc.bits[m_name])
+                m.weight_quant.init_step(m.weight)
+    metrics = evaluate(model, job.val_loader, job.device, amp=job.amp, reporter=job.reporter,
+                       label="ptq eval")
+    job.console.print(f"sensitivity allocation ({budget.describe(alloc.achieved)}): "
+                      f"top-1 {metrics.top1:.2f}% before fine-tuning")
+    history = [{"layer": n, "sensitivity": {str(b): v for b, v in values[n].items()}} for n in names]
+    return model, plan, cost, alloc, history, {}, metrics
+
+
+def _learned(job: Job, model: nn.Module, q: QuantConfig, budget: BudgetSpec, input_shape,
+             cfg: SearchConfig, pins: dict[str, int], state: dict[str, Any] | None):
+    """Gated blended quantizers + cost regulariser with an adaptive multiplier."""
+    recipe = job.recipe
+    gate_gen = torch.Generator(device="cpu").manual_seed(recipe.train.seed + 104729)
+    if state is None:
+        model, plan = quantize_model(
+            model, q, calibration_batches(job.train_loader, recipe.data.calib_batches, job.device),
+            seed=recipe.train.seed)
+    else:
+        plan = [LayerBits(**p) for p in state["plan"]]
+        attach_quantizers(model, plan, q)
+    quantizers = install_gates(model, cfg.min_bits, pinned=set(pins), structure=cfg.structure,
+                               gate_init=cfg.gate_init, generator=gate_gen)
+    model.to(job.device)
+    cost = CostModel.build(model, budget, input_shape, cfg.min_bits, cfg.max_bits, pins)
+    cost.check_feasible(cfg.min_bits, cfg.max_bits, pins)
+    mult = LagrangeMultiplier(cfg.lambda_lr, cfg.penalty)
+    epochs = recipe.train.epochs
+    optimizer, scheduler = _build_optimizer(model, recipe, cfg, epochs * len(job.train_loader))
+    history: list[dict[str, Any]] = []
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        mult.load_state_dict(state["multiplier"])
+        history = list(json.loads(state["history"]))
+        torch.set_rng_state(state["torch_rng"])
+        job.train_loader.generator.set_state(state["loader_rng"])
+        gate_gen.set_state(state["gate_rng"])
+        start = int(state["epoch"])
+    target = budget.value
+    for epoch in range(start, epochs):
+        job.train_loader.sampler.set_epoch(epoch)
+        loss, acc, exp_cost = _search_epoch(job, model, quantizers, cost, mult, optimizer,
+                                            scheduler, f"search {epoch + 1}/{epochs}")
+        val = evaluate(model, job.val_loader, job.device, amp=job.amp, reporter=job.reporter,
+                       label="  val")
+        ro = readout(quantizers)
+        ro_full = {l.name: (l.options[0] if l.pinned else ro[l.name]) for l in cost.layers}
+        record = {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc, "val_top1": val.top1,
+                  "expected_cost": exp_cost, "readout_cost": cost.achieved(ro_full),
+                  "budget": target, "lambda": mult.value,
+                  "expected_bits": expected_bits(quantizers), "readout_bits": ro}
+        history.append(record)
+        job.console.print(f"  epoch {epoch + 1}: loss {loss:.4f}, val top-1 {val.top1:.2f}% (read-out), "
+                          f"E[cost] {budget.describe(exp_cost)} vs budget {budget.describe()}, "
+                          f"λ {mult.value:.3f}")
+        _save_state(job.out / rundir.RESUME, {
+            "format": RESUME_FORMAT, "epoch": epoch + 1, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "multiplier": mult.state_dict(), "history": json.dumps(history),
+            "plan": [asdict(p) for p in plan], "torch_rng": torch.get_rng_state(),
+            "loader_rng": job.train_loader.generator.get_state(), "gate_rng": gate_gen.get_state(),
+            "recipe": recipe.to_json(), "search": json.dumps(asdict(cfg)),
+        })
+    ro = readout(quantizers)
+    alloc = repair(cost, ro, quantizers, cells=cfg.knapsack_cells)
+    fix_allocation(model, alloc.bits)
+    used = reestimate_batchnorm(model, job.train_loader, job.device, cfg.bn_reestimate_batches,
+                                amp=job.amp)
+    if used:
+        job.console.print(f"[dim]BatchNorm statistics re-estimated on {used} batches at the allocated bits[/]")
+    metrics = evaluate(model, job.val_loader, job.device, amp=job.amp, reporter=job.reporter,
+                       label="search eval")
+    job.console.print(f"searched allocation ({budget.describe(alloc.achieved)}, {alloc.method}): "
+                      f"top-1 {metrics.top1:.2f}% before fixed-bit fine-tuning")
+    return model, plan, cost, alloc, history, ro, metrics
+
+
+def _search_epoch(job: Job, model: nn.Module, quantizers: dict[str, GatedSRQQuantizer],
+                  cost: CostModel, mult: LagrangeMultiplier, optimizer, scheduler, label: str
+                  ) -> tuple[float, float, float]:
+    """One epoch of the search; returns (mean task loss, accuracy %, final E[cost])."""
+    model.train()
+    reporter, device, target = job.reporter, job.device, cost.budget.value
+    task = reporter.start(label, len(job.train_loader))
+    loss_sum, correct, seen = 0.0, 0, 0
+    start = time.perf_counter()
+    exp_value = float("nan")
+    for images, labels in job.train_loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with _autocast(device, job.amp):
+            logits = model(images)
+            task_loss = F.cross_entropy(logits.float(), labels)
+        exp = expected_cost(cost, quantizers).to(task_loss.device)
+        loss = task_loss + mult.term(exp, target)
+        if not torch.isfinite(loss):
+            raise SrqError("search diverged (loss is NaN/inf); lower the learning rates")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        project_quantizers_(model)
+        with torch.no_grad():
+            exp_value = float(expected_cost(cost, quantizers))
+        mult.update(exp_value, target)
+        loss_sum += float(task_loss.detach()) * labels.numel()
+        correct += int((logits.argmax(1) == labels).sum())
+        seen += labels.numel()
+        reporter.progress.update(task, description=f"{label} E[cost] {exp_value:.4g}/{target:.4g} "
+                                                   f"λ {mult.value:+.2f}")
+        reporter.advance(task, loss=loss_sum / seen, acc=100.0 * correct / seen, images=seen,
+                         seconds=time.perf_counter() - start)
+    reporter.finish(task)
+    if seen == 0:
+        raise SrqError("the training split has fewer samples than one batch")
+    return loss_sum / seen, 100.0 * correct / seen, exp_value
+
+
+__all__ = ["FILL", "SEARCH_JSON", "SearchConfig", "SearchResult", "run_search",
+           "search_quant_config"]
+
+
+def load_search_recipe(name_or_path: str) -> tuple[Recipe, dict[str, Any]]:
+    """A recipe file (or built-in name) that may carry a ``[search]`` table.
+
+    The ``[search]`` table holds :class:`SearchConfig` fields (``gate_lr``, ``lambda_lr``,
+    ``budget`` …); the rest is an ordinary recipe (validated as ``srq quantize`` does).
+    """
+    import tomllib
+
+    from srqcli.config import resolve_recipe_path
+
+    path = resolve_recipe_path(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SrqError(f"recipe {path} is not valid TOML: {exc}") from exc
+    search = data.pop("search", {})
+    if not isinstance(search, dict):
+        raise SrqError(f"recipe {path}: [search] must be a table")
+    known = {f.name for f in dataclasses.fields(SearchConfig)}
+    for key in search:
+        if key not in known:
+            raise SrqError(f"unknown recipe key 'search.{key}' (known: {', '.join(sorted(known))})")
+    return recipe_from_dict(data), search

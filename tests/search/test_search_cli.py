@@ -1,0 +1,162 @@
+"""``srq search-bits`` end to end on the built-in digits data: outputs, budgets, bad input,
+resume, and the allocation accepted by ``srq quantize --bit-config``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import tomllib
+import torch
+from safetensors.torch import load_file  # noqa: F401  (srq's model files are safetensors)
+from typer.testing import CliRunner
+
+from srqcli.cli import app
+from srqcli.config import load_recipe
+from srqcli.core import srq as srq_core
+from srqcli.models import build_model
+from srqcli.report import read_report
+from srqcli.search import workflow as wf
+from srqcli.search.budget import FILL, BudgetSpec, CostModel
+from srqcli.search.workflow import SearchConfig, run_search
+
+torch.set_num_threads(1)
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _eager():
+    prev = srq_core._use_fused
+    srq_core.set_fused(False)
+    yield
+    srq_core.set_fused(prev)
+
+
+@pytest.fixture(scope="module")
+def float_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "lenet5.pt"
+    torch.save(build_model("lenet5", 10, 1).state_dict(), path)
+    return str(path)
+
+
+def _recipe(ckpt: str, epochs: int = 1):
+    r = load_recipe("example")
+    r.model.checkpoint = ckpt
+    r.model.pretrain_epochs = 0
+    r.data.train_limit, r.data.val_limit, r.data.batch_size = 192, 64, 64
+    r.data.calib_batches = 1
+    r.train.epochs = epochs
+    return r.validate()
+
+
+def _fails_cleanly(args, out, expect):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], res.stderr
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
+
+
+def test_search_bits_cli_then_quantize_accepts_the_allocation(tmp_path, float_ckpt):
+    out = tmp_path / "search"
+    res = runner.invoke(app, ["search-bits", "lenet5", "--data", "example", "-c", float_ckpt,
+                              "--min-bits", "2", "--max-bits", "4", "--budget", "avg-bits=3.0",
+                              "--act-bits", "4", "--epochs", "1", "--batch-size", "128",
+                              "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    for name in ("bits.toml", "search.json", "searched.safetensors", "recipe.toml", "report.json", "report.md",
+                 "bits.png", "checkpoints/last.pt"):
+        assert (out / name).is_file(), name
+    layers = tomllib.loads((out / "bits.toml").read_text())["layers"]
+    summary = json.loads((out / "search.json").read_text())
+    assert {n: v["weight_bits"] for n, v in layers.items()} == summary["allocation"]
+    assert FILL * 3.0 <= summary["achieved"] <= 3.0
+    assert summary["history"][0]["budget"] == 3.0 and "expected_cost" in summary["history"][0]
+    report = read_report(out / "report.json")
+    assert report.budget.kind == "avg_weight_bits" and report.budget.met
+    assert FILL * 3.0 <= report.budget.achieved <= 3.0
+
+    q = tmp_path / "ft"  # (a) of the benchmark: fine-tune from the searched weights
+    res = runner.invoke(app, ["quantize", "lenet5", "--data", "example", "-c", str(out / "searched.safetensors"),
+                              "--bit-config", str(out / "bits.toml"), "--act-bits", "4",
+                              "--epochs", "0", "--batch-size", "128", "--out", str(q), "--quiet"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((q / "metrics.json").read_text())
+    assert {p["name"]: p["weight_bits"] for p in metrics["plan"]} == summary["allocation"]
+    assert metrics["sizes"]["avg_weight_bits"] == pytest.approx(summary["achieved"])
+
+
+@pytest.mark.parametrize("kind", ["size_mb", "bops"])
+def test_size_and_bops_budgets_are_met_within_two_percent(tmp_path, float_ckpt, kind):
+    recipe = _recipe(float_ckpt)
+    # A budget some allocation reaches exactly: the cost of every layer at 3 bits, +0.5%.
+    probe_model = build_model("lenet5", 10, 1)
+    from srqcli.config import QuantConfig
+    from srqcli.nn.surgery import attach_quantizers, plan_bits, quantizable_layers
+
+    qc = QuantConfig(weight_bits=3, act_bits=4)
+    attach_quantizers(probe_model, plan_bits([n for n, _ in quantizable_layers(probe_model)], qc), qc)
+    probe = CostModel.build(probe_model, BudgetSpec(kind, 1.0), (1, 28, 28), 2, 4)
+    value = probe.achieved({l.name: 3 for l in probe.layers}) * 1.005
+    text = f"size={value}MB" if kind == "size_mb" else f"bops={value}"
+    res = run_search(recipe, SearchConfig(budget=text, act_bits=4), tmp_path / kind,
+                     show_progress=False)
+    assert res.allocation.in_window
+    assert FILL * value <= res.allocation.achieved <= value
+    report = read_report(tmp_path / kind / "report.json")
+    assert report.budget.kind == kind and report.budget.met
+    assert report.budget.achieved >= FILL * value
+
+
+def test_sensitivity_strategy(tmp_path, float_ckpt):
+    res = run_search(_recipe(float_ckpt), SearchConfig(budget="avg-bits=3.0", strategy="sensitivity",
+                                                       pins={"conv1": 8}), tmp_path / "s",
+                     show_progress=False)
+    assert res.allocation.method == "knapsack" and res.allocation.bits["conv1"] == 8
+    assert FILL * 3.0 <= res.allocation.achieved <= 3.0
+    summary = json.loads((tmp_path / "s" / "search.json").read_text())
+    assert summary["strategy"] == "sensitivity"
+    sens = {h["layer"]: h["sensitivity"] for h in summary["history"]}
+    # More bits never hurt more (quantization error falls with bits).
+    for layer, s in sens.items():
+        assert s["2"] >= s["3"] >= s["4"], layer
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, float_ckpt, monkeypatch):
+    cfg = SearchConfig(budget="avg-bits=3.0", gate_lr=0.2)
+    full = run_search(_recipe(float_ckpt, epochs=2), cfg, tmp_path / "full", show_progress=False)
+
+    real = wf._save_state
+    calls = {"n": 0}
+
+    def save_then_crash(*a, **k):
+        real(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(wf, "_save_state", save_then_crash)
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        run_search(_recipe(float_ckpt, epochs=2), cfg, part, show_progress=False)
+    assert not (part / "bits.toml").exists()
+    monkeypatch.setattr(wf, "_save_state", real)
+    resumed = run_search(_recipe(float_ckpt, epochs=2), cfg, part, resume=True, show_progress=False)
+    assert resumed.allocation.bits == full.allocation.bits
+    assert resumed.history == full.history  # expected bits, λ, losses: identical
+
+
+def test_bad_input_one_line_errors(tmp_path, float_ckpt):
+    base = ["search-bits", "lenet5", "--data", "example", "-c", float_ckpt, "--epochs", "1", "--quiet"]
+    out = tmp_path / "r"
+    _fails_cleanly([*base, "--budget", "avg-bits=abc", "--out", str(out)], out, "not a positive number")
+    _fails_cleanly([*base, "--budget", "fast=3", "--out", str(out)], out, "unknown kind")
+    _fails_cleanly([*base, "--budget", "avg-bits=3", "--pin", "conv9=8", "--out", str(out)], out,
+                   "no quantized layer is called 'conv9'")
+    _fails_cleanly([*base, "--budget", "avg-bits=1.9", "--out", str(out)], out, "impossible")
+    _fails_cleanly([*base, "--budget", "avg-bits=3", "--pin", "fc1=8", "--out", str(out)], out,
+                   "impossible")
+    _fails_cleanly([*base, "--budget", "avg-bits=3", "--min-bits", "4", "--max-bits", "3",
+                    "--out", str(out)], out, "--min-bits")
+    _fails_cleanly([*base, "--out", str(out)], out, "--budget is required")
