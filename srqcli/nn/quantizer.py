@@ -183,12 +183,15 @@ class SRQQuantizer(nn.Module):
         if not bool(self.initialized):
             raise RuntimeError("quantizer used before calibration: call calibrate() first")
         grid = self.grid
-        alpha = self.alpha.to(x.dtype)
-        sigma = self.sigma.to(x.dtype)
+        # Quantize in float32 even under bf16/fp16 autocast: half precision cannot round
+        # x/α exactly for 8-bit codes, and the result must equal what export computes.
+        dtype = x.dtype
+        x = x.float()
+        alpha, sigma = self.alpha.float(), self.sigma.float()
         if self.training and self.drop_variant and self.drop_rate > 0 and grid.bits > 2:
-            return self._forward_dropbits(x, alpha, sigma, grid)
+            return self._forward_dropbits(x, alpha, sigma, grid).to(dtype)
         return srq_quantize(x, alpha, sigma, grid.kmin, grid.kmax, window=self.window,
-                            pi_mode=self.pi_mode)
+                            pi_mode=self.pi_mode).to(dtype)
 
     def _forward_dropbits(self, x: Tensor, alpha: Tensor, sigma: Tensor, grid: IntGrid) -> Tensor:
         gen, dev = self.generator, x.device
