@@ -118,7 +118,7 @@ def ablation_section() -> list[str]:
 def main() -> None:
     lines = ["# Benchmarks", "",
              "Rendered by `python -m benchmarks.render` from `benchmarks/results/*.json`; each "
-             "section names the command that produced it. Protocol: `../shared/benchmarks.md` "
+             "section names the command that produced it. Protocol: `docs/benchmark-protocol.md` "
              "(ratios measured side by side in one run; accuracy on held-out splits only).", ""]
     lines += step_time_section() + accuracy_section() + ablation_section()
     extra = Path(__file__).parent / "NOTES.md"

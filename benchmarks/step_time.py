@@ -1,6 +1,6 @@
 """Training step time and peak memory: float vs SRQ (windowed, fused) vs naive full-grid SRQ.
 
-Protocol (../shared/benchmarks.md): all configurations live in one process and are timed
+Protocol (docs/benchmark-protocol.md): all configurations live in one process and are timed
 alternately (A B C A B C …) after warm-up; the reported number is the median of per-round
 ratios to float. Peak memory: each configuration runs in its own subprocess; we report its
 peak RSS minus that of a process that only builds the model and the batch.

@@ -1,4 +1,4 @@
-"""DropBits: dropout for bits (method.md §5).
+"""DropBits: dropout for bits (docs/method.md §5).
 
 During training each weight element may lose bits, so it is rounded on a reduced grid and
 the multi-class STE runs over the surviving grid points only. Three variants:

@@ -1,5 +1,5 @@
 """Hard-concrete gates (Louizos, Welling, Kingma: "Learning Sparse Neural Networks through L0
-Regularization", ICLR 2018), the relaxation ``search-bits`` puts on DropBits levels (method.md §6).
+Regularization", ICLR 2018), the relaxation ``search-bits`` puts on DropBits levels (docs/method.md §6).
 
 A gate with logit ``log α`` is sampled as
 

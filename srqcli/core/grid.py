@@ -1,7 +1,7 @@
 """Integer quantization grids.
 
 A grid is the set of integer codes ``k_min … k_max`` a ``b``-bit quantizer may output; the
-real values are ``α·k``, so zero is always exact (method.md §1).
+real values are ``α·k``, so zero is always exact (docs/method.md §1).
 """
 
 from __future__ import annotations

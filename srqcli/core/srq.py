@@ -1,4 +1,4 @@
-"""The Semi-Relaxed Quantization (SRQ) autograd function (method.md §2–4).
+"""The Semi-Relaxed Quantization (SRQ) autograd function (docs/method.md §2–4).
 
 Forward is the mode of RQ's categorical distribution over the grid, which for logistic
 noise is round-to-nearest and clip: ``x̂ = α·clamp(round(x/α), k_min, k_max)``. It equals
@@ -26,7 +26,7 @@ Memory: the forward saves ``x`` (for weights the parameter itself; for activatio
 the producing layer already keeps), never a tensor of size ``N·2^b``. The backward is one
 elementwise pass that ``torch.compile`` fuses into a single loop (see :func:`set_fused`).
 
-``π_m`` handling (``pi_mode``), see method.md §4:
+``π_m`` handling (``pi_mode``), see docs/method.md §4:
     ``"detach"`` (default): ``s = α·S/sg(π_m)``. The x-gradient is
         ``α/(σ·π_m)·Σ_j φ_j > 0``: it never flips the sign of the upstream gradient.
     ``"diff"``: ``s = α·S/π_m`` with ``π_m`` differentiated (the literal paper reading).

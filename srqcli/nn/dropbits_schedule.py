@@ -1,7 +1,7 @@
 """Turning DropBits on for the weight quantizers of a model and annealing its rate.
 
 The rate is constant, then decays linearly to 0 over the last ``anneal_epochs`` epochs
-(method.md §5: a small rate annealed to 0, then BatchNorm re-estimation, made DropBits harmless
+(docs/method.md §5: a small rate annealed to 0, then BatchNorm re-estimation, made DropBits harmless
 where a constant p = 0.2 cost up to 57 points at W2A2). One ``torch.Generator`` drives all
 sampling so a run is reproducible and resumable (its state goes into the resume checkpoint).
 """

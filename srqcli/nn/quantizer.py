@@ -4,7 +4,7 @@ Following AIMET's split, :class:`SRQQuantizer` holds what is *trained* (``log α
 and :class:`QuantEncoding` what is *frozen* (bits, signedness, step): export, reports and eval
 read encodings and never touch training code.
 
-Parametrisation (method.md §1, §4): ``α = exp(log_α)`` is positive by construction (a negative
+Parametrisation (docs/method.md §1, §4): ``α = exp(log_α)`` is positive by construction (a negative
 step is a known failure of LSQ re-implementations); ``σ = clamp(exp(log_σ), 0.05·α, 0.5·α)``.
 The cap ``σ ≤ α/2`` keeps the hard-quantizer picture valid (unclamped σ grew to 0.7–2.5·α in
 the prototype); the floor is a harmless guard. After each optimizer step
@@ -51,7 +51,7 @@ def mse_optimal_step(x: Tensor, grid: IntGrid, channel_axis: int | None = None,
     """Step minimising ``‖x − α·clamp(round(x/α))‖²`` over a grid of candidates.
 
     The prototype found this initialisation better than LSQ's ``2·mean|x|/sqrt(k_max)``
-    (method.md §1). With ``channel_axis`` one step per channel (shape kept for broadcasting).
+    (docs/method.md §1). With ``channel_axis`` one step per channel (shape kept for broadcasting).
     """
     x = x.detach().float()
     if channel_axis is None:
@@ -101,7 +101,7 @@ class SRQQuantizer(nn.Module):
         channel_axis: axis of the channels in the quantized tensor.
         pi_mode: how the backward treats ``π_m`` (see :mod:`srqcli.core.srq`).
         window: edge-window half-width; ``None`` picks it from ``σ/α``.
-        sigma_init: initial ``σ/α`` (method.md: α/4).
+        sigma_init: initial ``σ/α`` (docs/method.md: α/4).
     """
 
     def __init__(self, bits: int, signed: bool | None, *, channels: int | None = None,
@@ -150,7 +150,7 @@ class SRQQuantizer(nn.Module):
         """Initialise ``α`` (MSE-optimal on ``x``) and ``σ = sigma_init·α``.
 
         ``x`` is the float weight, or samples of the float network's activations
-        (calibrating with quantizers active zeroes 2-bit weights: method.md §4).
+        (calibrating with quantizers active zeroes 2-bit weights: docs/method.md §4).
         """
         if signed is None:
             signed = self.signed_mode if self.signed_mode is not None else bool((x < 0).any())

@@ -1,12 +1,12 @@
 """Model surgery: put SRQ quantizers on every Conv2d and Linear, calibrated on the float net.
 
-One place decides which layers are quantized and with how many bits (method.md §7):
+One place decides which layers are quantized and with how many bits (docs/method.md §7):
 every Conv2d (grouped and depthwise included) and Linear gets a weight quantizer and an
 input-activation quantizer; the network input uses ``input_bits`` (8); ``skip`` patterns leave
 layers float; ``first_last_bits`` keeps the first and last layer (execution order) at a given
 width (the LSQ protocol); ``layers`` patterns set per-layer bits (later patterns win).
 
-Steps are initialised from the *float* network (method.md §4: calibrating with quantizers
+Steps are initialised from the *float* network (docs/method.md §4: calibrating with quantizers
 already active zeroes 2-bit weights): activation samples are collected with hooks on the float
 layers before they are swapped for quantized ones.
 """

@@ -24,7 +24,7 @@ from srqcli.io.atomic import write_text_atomic
 SCHEMA = "srq.bit-report"
 SCHEMA_VERSION = 1
 
-#: Budget kinds of ``srq search-bits`` (method.md §6) and the total each is checked against.
+#: Budget kinds of ``srq search-bits`` (docs/method.md §6) and the total each is checked against.
 BUDGET_KINDS = ("avg_weight_bits", "size_mb", "bops")
 
 

@@ -52,7 +52,7 @@ class LayerStats:
 
 @torch.no_grad()
 def grid_proximity(weight: Tensor, step: Tensor, grid: IntGrid) -> tuple[float | None, float]:
-    """How tightly the latent weights sit on their grid ("cluster promotion", method.md).
+    """How tightly the latent weights sit on their grid ("cluster promotion", docs/method.md).
 
     Returns ``(cluster_fraction, clipped_fraction)``: among the weights inside the clip range
     ``α·k_min ≤ w ≤ α·k_max`` the fraction with ``|w/α − round(w/α)| ≤ 1/4``, i.e. within

@@ -1,5 +1,5 @@
 """``srq search-bits``: learn (or pick by sensitivity) each layer's weight bit-width under a
-budget the user states (method.md §6; docs/search-bits.md).
+budget the user states (docs/method.md §6; docs/search-bits.md).
 
 Public API::
 

@@ -1,4 +1,4 @@
-"""The blended, gated weight quantizer of ``search-bits`` (method.md §6).
+"""The blended, gated weight quantizer of ``search-bits`` (docs/method.md §6).
 
 A layer searched between ``b_min`` and ``b_max`` bits has one hard-concrete gate ``z_j`` per
 droppable level ``j ∈ (b_min, b_max]``. Gates are nested: level ``j`` is on only if all lower
@@ -16,7 +16,7 @@ Level structure (``structure``):
 ``top`` (default, DropBits' top-bit variant: range rings): ``x̂_j`` is SRQ with the *same* step
     ``α`` clamped to the ``j``-bit grid. ``x̂_j − x̂_{j−1}`` is non-zero only for the elements in
     the outer ring of the ``j``-bit grid, so a gate gets gradient from exactly the elements that
-    need its extra bit, as method.md §6 describes; and a read-out layer is plain SRQ with the
+    need its extra bit, as docs/method.md §6 describes; and a read-out layer is plain SRQ with the
     searched step, so the search network and the read-out network agree.
 ``lsb`` (DropBits' LSB variant: resolution levels): ``x̂_j`` is SRQ on the step ``2^(b_max−j)·α``
     inside the ``b_max``-bit range (kept as an option for comparison).

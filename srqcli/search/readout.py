@@ -1,6 +1,6 @@
 """Read-out of the learned gates and the repair step that makes the budget exact.
 
-Read-out (method.md §6): a gate is on iff ``P(z > 0) > 0.5``; nested, so a layer's bits are
+Read-out (docs/method.md §6): a gate is on iff ``P(z > 0) > 0.5``; nested, so a layer's bits are
 ``b_min`` plus the number of leading on gates. The read-out ignores the budget, so it can land
 over it (or well under it). **Repair**: if the read-out already costs between 98% and 100% of
 the budget it is kept; otherwise we pick the *most probable allocation under the learned gates*

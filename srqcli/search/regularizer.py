@@ -1,4 +1,4 @@
-"""The cost regulariser ``λ·Σ_ℓ c_ℓ·E[b_ℓ]`` and its adaptive Lagrange multiplier (method.md §6).
+"""The cost regulariser ``λ·Σ_ℓ c_ℓ·E[b_ℓ]`` and its adaptive Lagrange multiplier (docs/method.md §6).
 
 The constraint is stated relative to the budget, ``h = E[cost]/budget − 1`` (so one multiplier
 learning rate serves every budget kind and model size), and treated as an *equality*: the

@@ -9,7 +9,7 @@ Run folder (``--out``)::
     OUT/checkpoints/last.pt   search state after every epoch (--resume continues from it)
     OUT/float.safetensors     the float start, when srq trained it (--pretrain-epochs)
 
-Strategies: ``learned`` (gates + multiplier, method.md §6) and ``sensitivity`` (Fisher-weighted
+Strategies: ``learned`` (gates + multiplier, docs/method.md §6) and ``sensitivity`` (Fisher-weighted
 quantization error + exact knapsack, no training).
 """
 

@@ -173,7 +173,7 @@ def reestimate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.dev
     """Recompute BatchNorm running statistics with the final (DropBits-free) quantizers.
 
     Statistics gathered while DropBits perturbed the weights do not describe the deployed
-    network (the prototype lost up to 50 points at W2A2 without this step, method.md §5).
+    network (the prototype lost up to 50 points at W2A2 without this step, docs/method.md §5).
     Uses a cumulative average over ``batches`` training batches. Returns batches used.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
