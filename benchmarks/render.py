@@ -103,8 +103,11 @@ def ablation_section() -> list[str]:
     for key, v in r["runs"].items():
         groups.setdefault(key.rsplit("/s", 1)[0], []).append(v["top1"])
     s = r["settings"]
-    lines += [f"Float LeNet-5 trained {s['pretrain_epochs']} epochs, then {s['epochs']} fine-tuning "
-              "epochs per row from the same checkpoint; rate annealed to 0 over the last epoch, "
+    start = statistics.mean(v["float_top1"] for v in r["runs"].values())
+    subset = f" on a fixed {s['train_limit']}-image subset of the training split" if s.get("train_limit") else ""
+    lines += [f"Float LeNet-5 trained {s['pretrain_epochs']} epochs on all 60k training images "
+              f"(top-1 {start:.2f}%), then {s['epochs']} fine-tuning "
+              f"epochs{subset} per row from that checkpoint; rate annealed to 0 over the last epoch, "
               "BatchNorm re-estimated (50 batches); mean ± std over seeds "
               f"{', '.join(map(str, s['seeds']))}; held-out t10k top-1.", "",
               f"Command: `{r['env']['command']}`", "", f"Machine: {_env_line(r['env'])}", "",

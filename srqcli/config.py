@@ -64,7 +64,7 @@ class QuantConfig:
 
 @dataclass
 class DropBitsConfig:
-    variant: str = "none"  # none | top | lsb | mask
+    variant: str = "lsb"  # none | top | lsb | mask (default chosen by measurement: docs/method-decisions.md)
     rate: float = 0.05
     anneal_epochs: int = 1  # rate decays linearly to 0 over the last N epochs
     bn_reestimate_batches: int = 50  # BatchNorm re-estimation with DropBits off (0: skip)
