@@ -52,7 +52,7 @@ def write_quantized_file(path, arch: str = "lenet5", *, model: nn.Module | None 
                          num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
                          weight_bits: int = 4, act_bits: int = 4, per_channel: bool = False,
                          calib: list[torch.Tensor] | None = None, data_source: str = "example",
-                         seed: int = 0) -> tuple[nn.Module, ModelInfo]:
+                         seed: int = 0, **quant: object) -> tuple[nn.Module, ModelInfo]:
     """Quantize ``model`` (default: a fresh ``arch`` with randomised BN) and save it as an srq
     quantized model file, as ``srq quantize`` would (without fine-tuning)."""
     if model is None:
@@ -63,6 +63,8 @@ def write_quantized_file(path, arch: str = "lenet5", *, model: nn.Module | None 
     recipe.data.source = data_source
     recipe.quant.weight_bits, recipe.quant.act_bits = weight_bits, act_bits
     recipe.quant.per_channel = per_channel
+    for key, value in quant.items():  # other QuantConfig fields, e.g. layers={"fc*": {...}}
+        setattr(recipe.quant, key, value)
     gen = torch.Generator().manual_seed(seed)
     calib = calib or [torch.randn(16, in_channels, image_size, image_size, generator=gen) for _ in range(2)]
     model.eval()

@@ -1,4 +1,4 @@
-"""Freeze a quantized model into integer codes, scales and biases (method.md §7).
+"""Freeze a quantized model into integer codes, scales and biases (docs/method.md §7).
 
 For every quantized layer this gives two views of the same numbers:
 
@@ -172,8 +172,10 @@ class FrozenModel:
     bn_folds: dict[str, str]  # layer → folded BN (quantized and float layers)
 
 
-def freeze_model(model: nn.Module, bn_folds: dict[str, str]) -> FrozenModel:
-    """Freeze every quantized layer of ``model``; ``bn_folds`` from :func:`graph.find_bn_folds`."""
+def freeze_model(model: nn.Module, bn_folds: dict[str, str], *, require_quantized: bool = True) -> FrozenModel:
+    """Freeze every quantized layer of ``model``; ``bn_folds`` from :func:`graph.find_bn_folds`.
+
+    ``require_quantized=False`` accepts a float model (no layers: a float ONNX baseline)."""
     modules = dict(model.named_modules())
     layers = {}
     for name, module in modules.items():
@@ -181,7 +183,7 @@ def freeze_model(model: nn.Module, bn_folds: dict[str, str]) -> FrozenModel:
             bn_name = bn_folds.get(name)
             bn = (bn_name, modules[bn_name]) if bn_name else None
             layers[name] = freeze_layer(name, module, bn)  # type: ignore[arg-type]
-    if not layers:
+    if not layers and require_quantized:
         raise SrqError("the model has no quantized layers: export needs an srq-quantized model "
                        "(run srq quantize first)")
     return FrozenModel(layers, dict(bn_folds))

@@ -3,7 +3,7 @@
 Quantized layers (:class:`~srqcli.nn.layers.QuantConv2d`/``QuantLinear``) are kept as leaves,
 like every ``torch.nn`` layer, so the trace lists exactly the modules and functions the ONNX
 builder has to translate. From the trace we also learn which BatchNorm directly follows which
-convolution (the pairs that fold into the dequantization scale, method.md §7): a BN folds into
+convolution (the pairs that fold into the dequantization scale, docs/method.md §7): a BN folds into
 a conv when the BN's only input is the conv's output and nothing else reads that output.
 """
 

@@ -1,4 +1,4 @@
-"""Packed safetensors: integer codes at their true width, plus a loader (method.md §7).
+"""Packed safetensors: integer codes at their true width, plus a loader (docs/method.md §7).
 
 Format ``srq.packed``, version 1. Tensors, for every quantized layer ``L``:
 

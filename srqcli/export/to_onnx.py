@@ -1,19 +1,21 @@
-"""Build an ONNX graph of a quantized model from its torch.fx trace (method.md §7).
+"""Build an ONNX graph of a quantized model from its torch.fx trace (docs/method.md §7).
 
 Two layouts:
 
 ``qdq`` (default): weights are integer codes in int8 containers followed by
 ``DequantizeLinear`` (per output channel, axis 0, when a BatchNorm is folded in or the weight
 steps are per channel); each quantized layer's input is ``QuantizeLinear → DequantizeLinear``
-(uint8 when the range is non-negative, else int8) and, when the layer's grid is narrower than
-the container, ``Clip`` to the b-bit range followed by a second ``Q → DQ``. Where the value a
+in uint8 (zero point 128 for signed grids) with, when the layer's grid is narrower than the
+container, a ``Clip`` of the integer codes to the b-bit range in between. Where the value a
 layer quantizes is produced by a convolution or linear layer through ops that commute with
 quantization (ReLU, ReLU6/Hardtanh as clip bounds, max-pooling, flatten, dropout), the
 quantizer is moved onto that producer's output, giving
 
-    DQ(x) → Conv(DQ(w), DQ(b:int32)) → Q(u8) → DQ → Clip(b-bit range) → Q → DQ → next Conv
+    DQ(x) → Conv(DQ(w), b) → Q(u8) → Clip(codes to the b-bit range) → DQ → next Conv
 
-which onnxruntime fuses into ``QLinearConv`` (environment.md). The move is exact: a ReLU is
+which onnxruntime fuses into ``QLinearConv`` (and ``Gemm`` into ``QGemm``). The Clip acts on
+the uint8/int8 *codes*; environment.md's ``Q → DQ → Clip → Q → DQ`` fuses too but costs three
+float passes per layer instead of one byte-wise pass. The move is exact: a ReLU is
 the container's saturation at 0, a ReLU6 is a tighter clip bound, and max-pool/flatten commute
 with a monotone elementwise quantizer. A conv whose output is read in float (a residual add,
 average pooling, the logits) keeps a float bias and runs as ``DQ → Conv``.
@@ -132,8 +134,9 @@ def classify(node: fx.Node, traced: TracedModel) -> _Op:
             return _Op("maxpool")
         if t is torch.flatten:
             return _Op("flatten")
-        if t is F.dropout:
-            return _Op("noop")
+        if t is F.dropout or (getattr(t, "__name__", "") == "stochastic_depth"
+                              and not _arg(node, 3, "training", True)):
+            return _Op("noop")  # eval mode: identity
         return _Op("other")
     if node.op == "call_method":
         if node.target in ("relu", "relu_"):
@@ -156,10 +159,6 @@ class _Placement:
     hi: int
     chain: list[fx.Node]  # transparent nodes between producer and the layer, producer side first
     consumer: fx.Node
-
-
-def _round_half_even(v: float) -> int:
-    return int(torch.round(torch.tensor(v, dtype=torch.float32)))
 
 
 def _clip_codes(enc: ActEncoding, op: _Op, lo: int, hi: int) -> tuple[int, int]:
@@ -204,11 +203,14 @@ def plan_placements(traced: TracedModel, frozen: FrozenModel) -> tuple[dict[fx.N
 # graph builder
 # --------------------------------------------------------------------------------------------
 
-def _container(lo: int) -> tuple[int, Any, int, int]:
-    """ONNX type, numpy dtype and range of the 8-bit container for codes ``≥ lo``."""
-    if lo >= 0:
-        return TensorProto.UINT8, np.uint8, 0, 255
-    return TensorProto.INT8, np.int8, -128, 127
+def _zero_point(lo: int) -> int:
+    """uint8 zero point for codes ``≥ lo``: 0 for non-negative grids, 128 for signed ones.
+
+    Activations always use uint8 containers: onnxruntime's x86 integer kernels want uint8
+    activations, and its own int8 → uint8 rewrite only applies to a bare ``Q → DQ`` pair, not
+    to ``Q → Clip → DQ`` (int8 activations left 18 of MobileNet-V2's 52 convs unfused).
+    """
+    return 0 if lo >= 0 else 128
 
 
 @dataclass
@@ -217,21 +219,23 @@ class OnnxStats:
 
     fused_candidates: list[str] = field(default_factory=list)  # layers with a Q on their output
     float_output_layers: list[str] = field(default_factory=list)
+    requantized: list[str] = field(default_factory=list)  # float outputs given an int8 Q/DQ
     weight_types: dict[str, str] = field(default_factory=dict)
 
 
 class _Builder:
-    def __init__(self, traced: TracedModel, frozen: FrozenModel, layout: str, opset: int) -> None:
+    def __init__(self, traced: TracedModel, frozen: FrozenModel, layout: str, opset: int,
+                 requant: dict[str, float] | None = None) -> None:
         self.traced, self.frozen, self.layout, self.opset = traced, frozen, layout, opset
+        self.requant = requant or {}
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
-        self.used: set[str] = set()
+        self.used: set[str] = {INPUT_NAME, OUTPUT_NAME}
         self.consts: dict[tuple, str] = {}
         self.env: dict[fx.Node, str] = {}
         self.quantized_input: dict[fx.Node, str] = {}  # layer node → its quantized input (DQ name)
         # packed: no integer kernel can use INT4/INT2 weights, so quantizers stay at the layer
-        # inputs (Clip → Q → DQ); a Q right after the conv would also make onnxruntime 1.32
-        # build a QLinearConv with INT2 weights, which it then refuses to load.
+        # inputs, behind a float Clip (see quantize_act).
         self.placements, self.absorbed = plan_placements(traced, frozen) if layout == "qdq" else ({}, set())
         self.stats = OnnxStats()
 
@@ -263,36 +267,42 @@ class _Builder:
 
     def op(self, op_type: str, inputs: list[str], base: str, **attrs: Any) -> str:
         out = self.fresh(base)
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.fresh(f"{base}/{op_type}"), **attrs))
+        # node names are optional: the packed layout (smallest file) leaves them out
+        name = self.fresh(f"{base}/{op_type}") if self.layout == "qdq" else None
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=name, **attrs))
         return out
 
     # -- quantization ------------------------------------------------------------------------
     def quantize_act(self, x: str, enc: ActEncoding, lo: int, hi: int, base: str, *,
-                     after_layer: bool = False, clip: bool = True) -> str:
+                     clip: bool = True) -> str:
         """Quantize ``x`` to codes ``lo…hi`` of step ``enc.step``; returns the DQ output.
 
-        On a layer's output (``after_layer``) the pattern onnxruntime fuses is
-        ``Q → DQ → Clip → Q → DQ`` (a Clip right after the conv blocks fusion); elsewhere the
-        shorter ``Clip → Q → DQ``. Both are exact: the Clip bounds are grid values
-        ``fl32(lo·α)``, ``fl32(hi·α)`` and quantize back to ``lo``/``hi``.
+        ``Q`` (uint8 container, zero point 0 or 128, saturating) then, when ``lo…hi`` is
+        narrower than the container, a ``Clip`` of the integer codes, then ``DQ``: exactly
+        ``α·clamp(round(x/α), lo, hi)``. Clipping the uint8/int8 codes keeps onnxruntime's
+        fusion of a producing ``Conv → Q`` and a consuming ``DQ → Conv`` (a float ``Clip``
+        between conv and ``Q`` blocks it) and costs one cheap byte-wise pass instead of the
+        three float passes of ``DQ → Clip → Q`` (ResNet-20 W4A4, batch 1: 0.60 → 0.43 ms).
         """
-        _, dtype, cmin, cmax = _container(lo)
+        offset = _zero_point(lo)
         scale = self.const(np.array(enc.step, dtype=np.float32), "act_scale")
-        zp = self.const(np.array(0, dtype=dtype), f"zp_{np.dtype(dtype).name}")
-        narrow = clip and (lo > cmin or hi < cmax)
-        if narrow:
+        zp = self.const(np.array(offset, dtype=np.uint8), f"zp_u8_{offset}")
+        if self.layout == "packed":
+            # Float Clip to (lo+¼)α … (hi−¼)α before Q: rounds to exactly the same codes, and,
+            # being narrower than Q's range, onnxruntime cannot drop it, so no producing conv
+            # is fused into QLinearConv (1.32 does that for INT2 weights, then refuses the
+            # graph it built).
             step = np.float32(enc.step)
-            cl = self.const(np.array(np.float32(lo) * step, dtype=np.float32), "clip_lo")
-            ch = self.const(np.array(np.float32(hi) * step, dtype=np.float32), "clip_hi")
-        if narrow and not after_layer:
-            x = self.op("Clip", [x, cl, ch], f"{base}.clip")
+            bounds = [self.const(np.array((lo + 0.25) * step, dtype=np.float32), "clip_lo"),
+                      self.const(np.array((hi - 0.25) * step, dtype=np.float32), "clip_hi")]
+            x = self.op("Clip", [x, *bounds], f"{base}.clip")
+            clip = False
         q = self.op("QuantizeLinear", [x, scale, zp], f"{base}.q")
-        d = self.op("DequantizeLinear", [q, scale, zp], f"{base}.dq")
-        if narrow and after_layer:
-            c = self.op("Clip", [d, cl, ch], f"{base}.clip")
-            q = self.op("QuantizeLinear", [c, scale, zp], f"{base}.q2")
-            d = self.op("DequantizeLinear", [q, scale, zp], f"{base}.dq2")
-        return d
+        if clip and (lo + offset > 0 or hi + offset < 255):
+            bounds = [self.const(np.array(lo + offset, dtype=np.uint8), "code_lo"),
+                      self.const(np.array(hi + offset, dtype=np.uint8), "code_hi")]
+            q = self.op("Clip", [q, *bounds], f"{base}.clip")
+        return self.op("DequantizeLinear", [q, scale, zp], f"{base}.dq")
 
     def weight(self, fl: FrozenLayer) -> tuple[str, np.ndarray]:
         """Dequantized weight tensor name; returns also the float32 per-channel scale used."""
@@ -353,15 +363,24 @@ class _Builder:
         w, _ = self.weight(fl)
         b = self.bias(fl)
         inputs = [x, w] + ([b] if b else [])
+        requant = not fused and fl.name in self.requant
         if fl.kind == "conv":
             k = list(fl.codes.shape[2:])
-            return self.op("Conv", inputs, fl.name, kernel_shape=k, strides=list(fl.stride),
-                           pads=list(fl.padding) * 2, dilations=list(fl.dilation), group=fl.groups)
-        if not fused and b and self.layout == "qdq":
+            y = self.op("Conv", inputs, fl.name, kernel_shape=k, strides=list(fl.stride),
+                        pads=list(fl.padding) * 2, dilations=list(fl.dilation), group=fl.groups)
+        elif not fused and not requant and b and self.layout == "qdq":
             # a float-output Gemm fuses into QGemm (float output) only without a bias input
             y = self.linear(node, inputs[:2], f"{fl.name}.matmul")
-            return self.op("Add", [y, b], fl.name)
-        return self.linear(node, inputs, fl.name)
+            y = self.op("Add", [y, b], fl.name)
+        else:
+            y = self.linear(node, inputs, fl.name)
+        if requant:  # opt-in: int8 Q/DQ on an output PyTorch keeps in float, so the layer fuses
+            self.stats.requantized.append(fl.name)
+            scale = self.const(np.array(self.requant[fl.name], dtype=np.float32), "requant_scale")
+            zp = self.const(np.array(128, dtype=np.uint8), "zp_u8_128")  # signed int8 grid
+            q = self.op("QuantizeLinear", [y, scale, zp], f"{fl.name}.requant.q")
+            y = self.op("DequantizeLinear", [q, scale, zp], f"{fl.name}.requant.dq")
+        return y
 
     def linear(self, node: fx.Node, inputs: list[str], name: str) -> str:
         shape = self.traced.shape(node.args[0])  # type: ignore[arg-type]
@@ -393,6 +412,9 @@ class _Builder:
     # -- everything else ---------------------------------------------------------------------
     def value(self, a: Any) -> str:
         if isinstance(a, fx.Node):
+            if a not in self.env:
+                raise SrqError(f"cannot export {a.format_node()}: its value is not a tensor "
+                               "(dynamic shapes are not supported)")
             return self.env[a]
         if isinstance(a, (int, float)):
             return self.const(np.array(a, dtype=np.float32))
@@ -545,9 +567,8 @@ class _Builder:
         output: str | None = None
         for node in self.traced.gm.graph.nodes:
             if node.op == "placeholder":
-                if node.name in self.env.values() or self.env:
+                if self.env:
                     raise SrqError("cannot export a model with more than one input")
-                self.used.add(INPUT_NAME)
                 self.env[node] = INPUT_NAME
                 continue
             if node.op == "get_attr":
@@ -560,6 +581,9 @@ class _Builder:
                 continue
             if node in self.absorbed:
                 continue
+            if (node.op == "call_method" and node.target == "size") or \
+                    (node.op == "call_function" and node.target is getattr):
+                continue  # shape queries feed view/reshape, which use the traced static shape
             m = self.traced.module(node)
             name = str(node.target)
             if m is not None and is_quant_layer(m):
@@ -576,8 +600,12 @@ class _Builder:
                 self.place(node, y)
         if output is None:
             raise SrqError("cannot export: the traced model has no output")
-        # rename the output tensor
-        self.nodes.append(helper.make_node("Identity", [output], [OUTPUT_NAME], name="output"))
+        if output == INPUT_NAME:
+            self.nodes.append(helper.make_node("Identity", [output], [OUTPUT_NAME], name="output"))
+        else:  # name the output tensor "logits"
+            for n in self.nodes:
+                n.input[:] = [OUTPUT_NAME if i == output else i for i in n.input]
+                n.output[:] = [OUTPUT_NAME if o == output else o for o in n.output]
         shape = list(self.traced.input_shape)
         inp = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", *shape[1:]])
         out_shape = self.traced.shape(next(n for n in self.traced.gm.graph.nodes if n.op == "output").args[0])
@@ -589,7 +617,7 @@ class _Builder:
         """Emit a moved quantizer on ``y`` and the transparent ops after it."""
         pl = self.placements[node]
         base = f"{pl.consumer.target}.input"
-        x = self.quantize_act(y, pl.encoding, pl.lo, pl.hi, base, after_layer=True)
+        x = self.quantize_act(y, pl.encoding, pl.lo, pl.hi, base)
         moved = False
         for c in pl.chain:
             op = classify(c, self.traced)
@@ -603,12 +631,19 @@ class _Builder:
 
 
 def build_onnx(traced: TracedModel, frozen: FrozenModel, *, layout: str = "qdq", opset: int | None = None,
-               metadata: dict[str, str] | None = None) -> tuple[onnx.ModelProto, OnnxStats]:
-    """The ONNX model of a traced, frozen quantized model (not yet checked)."""
+               metadata: dict[str, str] | None = None,
+               requant: dict[str, float] | None = None) -> tuple[onnx.ModelProto, OnnxStats]:
+    """The ONNX model of a traced, frozen quantized model (not yet checked).
+
+    ``requant`` (opt-in, ``qdq`` layout): layer name → int8 step for layers whose output the
+    PyTorch model keeps in float (residual branches, inputs of average pooling); a
+    ``Q → DQ`` on that output lets onnxruntime fuse the layer too, at the price of an 8-bit
+    rounding PyTorch does not do. See :func:`srqcli.export.workflow.calibrate_requant`.
+    """
     opset = check_opset(layout, opset)
-    if layout == "packed" and opset < INT2_OPSET and any(fl.weight_bits <= 2 for fl in frozen.layers.values()):
-        pass  # 2-bit layers go into INT4 containers below opset 25
-    builder = _Builder(traced, frozen, layout, opset)
+    if requant and layout != "qdq":
+        raise SrqError("--requant applies to the qdq layout only (packed layers never fuse)")
+    builder = _Builder(traced, frozen, layout, opset, requant)
     graph = builder.build()
     ops = [helper.make_opsetid("", opset)]
     model = helper.make_model(graph, opset_imports=ops, producer_name="srq",

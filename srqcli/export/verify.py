@@ -26,10 +26,13 @@ What must hold (gates), and why the tolerances are not zero:
    is amplified layer after layer). The integer reference is the graph after onnxruntime's
    basic optimisations (biases rounded, nothing fused yet) run with optimisations off;
    comparing with it isolates the fused integer kernels (measured: 0 steps apart in LeNet-5,
-   MobileNet-V2 and ResNet-20).
+   MobileNet-V2 and ResNet-20; 98% of outputs within one step in a randomised ResNet-18,
+   from one tie).
 3. With real data (``--data``) top-1 agreement is gated too: ≥ 99% for 1 and 2, and the
    default level vs PyTorch ≥ ``DEFAULT_TOP1``. (On random inputs to an untrained model the
    logits are nearly tied and top-1 agreement is noise, so it is reported, not gated.)
+4. A ``--requant`` export adds int8 roundings PyTorch does not do: gate 1 becomes top-1
+   agreement ≥ ``DEFAULT_TOP1`` on real data (nothing on random inputs); gate 2 is unchanged.
 
 A real export bug (wrong fold, sign, layout, or a broken runtime fusion such as
 onnxruntime#24711) moves every output by many steps and fails these gates.
@@ -164,8 +167,13 @@ def run_onnx(session, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
 
 def verify_onnx(model_path: str | os.PathLike, torch_model: nn.Module, batches: Iterable[torch.Tensor],
                 output_step: float | None, *, inputs: str = "random", real_data: bool = False,
-                list_ops: bool = True) -> VerifyReport:
-    """Compare ``model_path`` (onnxruntime) with ``torch_model`` on ``batches`` (gates above)."""
+                list_ops: bool = True, exact: bool = True) -> VerifyReport:
+    """Compare ``model_path`` (onnxruntime) with ``torch_model`` on ``batches`` (gates above).
+
+    ``exact=False`` (a ``--requant`` export, which adds int8 roundings PyTorch does not do):
+    gate 1 becomes top-1 agreement ≥ ``DEFAULT_TOP1`` on real data (nothing on random inputs);
+    gate 2 is unchanged.
+    """
     torch_model = torch_model.eval().cpu()
     x, ref = run_torch(torch_model, batches)
     step = output_step if output_step and output_step > 0 else float(np.abs(ref).max() / 256 or 1.0)
@@ -177,7 +185,11 @@ def verify_onnx(model_path: str | os.PathLike, torch_model: nn.Module, batches: 
             raise SrqError(f"the exported model's output shape {outs[level].shape} differs from "
                            f"PyTorch's {ref.shape}")
     top1 = TOP1 if real_data else None
-    report.results.append(compare("disabled", "pytorch", ref, outs["disabled"], step, WITHIN, top1))
+    if exact:
+        report.results.append(compare("disabled", "pytorch", ref, outs["disabled"], step, WITHIN, top1))
+    else:
+        report.results.append(compare("disabled", "pytorch", ref, outs["disabled"], step, None,
+                                      DEFAULT_TOP1 if real_data else None))
     report.results.append(compare("default", "pytorch", ref, outs["default"], step, None,
                                   DEFAULT_TOP1 if real_data else None))
     basic = Path(model_path).parent / f".{Path(model_path).name}.ort-basic.onnx"

@@ -136,17 +136,21 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+# eager SRQ math (bit-identical to the compiled kernels) on one thread: see tests/conftest.py
+pytestmark = pytest.mark.usefixtures("eager_srq")
+
+
 MODELS = {"plain": PlainNet, "bn": BNNet, "grouped": GroupNet, "residual": ResNet, "mlp": MLP}
 
 
-def make(name: str, bits: int, per_channel: bool, seed: int = 0) -> nn.Module:
+def make(name: str, bits: int, per_channel: bool, seed: int = 0, act_bits: int | None = None) -> nn.Module:
     torch.manual_seed(seed)
     model = randomize_batchnorm(MODELS[name](), seed=seed, negative_gamma=0.3)
     with torch.no_grad():  # conv biases of a fresh model are tiny; make them matter
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
                 m.bias.normal_(0, 0.2)
-    return quantize_untrained(model, (16, 3, SIZE, SIZE), weight_bits=bits, act_bits=bits,
+    return quantize_untrained(model, (16, 3, SIZE, SIZE), weight_bits=bits, act_bits=act_bits or bits,
                               per_channel=per_channel, seed=seed)
 
 
@@ -198,9 +202,10 @@ def test_qdq_matches_pytorch(name, bits, per_channel, tmp_path):
     assert np.abs(default - ref).max() <= DEFAULT_MAX_FLIPS * flip_step(model)
 
 
-@pytest.mark.parametrize("bits,opset", [(2, 21), (2, 25), (3, 21), (4, 21), (8, 21)])
-def test_packed_layout_matches_pytorch(bits, opset, tmp_path):
-    model = make("residual", bits, per_channel=True)
+@pytest.mark.parametrize("bits,act_bits,opset", [(2, 2, 21), (2, 2, 25), (2, 8, 25), (3, 3, 21),
+                                                  (4, 4, 21), (8, 8, 21)])
+def test_packed_layout_matches_pytorch(bits, act_bits, opset, tmp_path):
+    model = make("residual", bits, per_channel=True, act_bits=act_bits)
     proto, step, frozen, stats = export(model, "packed", opset)
     want = "INT8" if bits > 4 else ("INT2" if bits == 2 and opset >= 25 else "INT4")
     assert set(stats.weight_types.values()) == {want}
@@ -294,3 +299,20 @@ def test_bn_folding_is_exact_in_float64():
                       fl.deploy_bias.double(), padding=1)
     assert torch.allclose(folded, y, rtol=1e-6, atol=1e-6)
     assert torch.equal(fl.deploy_codes.abs(), fl.codes.abs())
+
+
+def test_requant_fuses_every_conv(tmp_path):
+    """``--requant`` puts an int8 Q/DQ on outputs PyTorch keeps in float (residual branches,
+    pooling inputs): every conv then runs as QLinearConv; not exact, so only the fused kernels
+    are held to the integer reference, and PyTorch agreement is reported (top-1 here)."""
+    from srqcli.export.workflow import export_onnx
+
+    model = make("residual", 4, per_channel=True)
+    x = torch.from_numpy(inputs())
+    res = export_onnx(model, None, tmp_path / "rq.onnx", shape=(1, 3, SIZE, SIZE), requant=True, batches=[x])
+    assert res.details["requantized"] == ["stem.0", "c2", "c4", "down.0"]
+    ops = res.verify["executed_op_types"]
+    assert ops.get("QLinearConv") == 6 and ops.get("QGemm") == 1, ops
+    results = {(r["level"], r["against"]): r for r in res.verify["results"]}
+    assert results[("default", "integer-reference")]["within_one_step"] >= 0.9
+    assert results[("disabled", "pytorch")]["top1_agreement"] >= 0.9
