@@ -94,6 +94,44 @@ def accuracy_section() -> list[str]:
     return lines
 
 
+def export_section() -> list[str]:
+    lines = ["## Exported artifacts: Fashion-MNIST ResNet-20 (trained, SRQ + DropBits)", ""]
+    r = _load("export_e2e")
+    if r is None:
+        return lines + ["_not run yet_", ""]
+    lines += ["The W4A4 and W3A3 runs of the accuracy benchmark above, exported and evaluated on all "
+              "10,000 t10k images; onnxruntime at its default optimisation level, 2 threads, median of "
+              "30 runs. `qdq` is the exact export (verified at export); `qdq --requant` adds calibrated "
+              "int8 Q/DQ on residual-branch and stem conv outputs so every conv fuses (not bit-exact).",
+              "", f"Command: `{r['env']['command']}`", "", f"Machine: {_env_line(r['env'])}", "",
+              "| model | PyTorch top-1 | ORT top-1 (qdq) | agreement | ORT top-1 (requant) | agreement | packed ONNX top-1 | packed safetensors identical |",
+              "|---|---:|---:|---:|---:|---:|---:|:-:|"]
+    for name, row in r["runs"].items():
+        lines.append(f"| {name.upper()} | {row['pytorch_top1']:.2f} | {row['onnx_top1']:.2f} | "
+                     f"{row['onnx_agreement']:.2f}% | {row['onnx_requant_top1']:.2f} | "
+                     f"{row['onnx_requant_agreement']:.2f}% | {row['onnx_packed_top1']:.2f} | "
+                     f"{'yes' if row['packed_safetensors_identical'] else 'NO'} |")
+    lines += ["", "| model | batch | float ONNX (ms) | qdq (ms) | speed-up | qdq --requant (ms) | speed-up |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, row in r["runs"].items():
+        lat = row["latency_ms"]
+        for b in (1, 16):
+            f, q, rq = lat[f"float_b{b}"], lat[f"onnx_b{b}"], lat[f"onnx_requant_b{b}"]
+            lines.append(f"| {name.upper()} | {b} | {f:.2f} | {q:.2f} | {f / q:.2f}× | {rq:.2f} | {f / rq:.2f}× |")
+    lines += ["", "Integer kernels onnxruntime executes: " + "; ".join(
+        f"{n.upper()} qdq {row['integer_ops']['onnx']}, requant {row['integer_ops']['onnx_requant']}"
+        for n, row in r["runs"].items()), "",
+        "| model | float ONNX | qdq ONNX | packed ONNX (÷ float) | packed safetensors | Σ bits·params/8 (quantized weights) | checkpoint |",
+        "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, row in r["runs"].items():
+        b = row["bytes"]
+        lines.append(f"| {name.upper()} | {b['float_onnx']:,} | {b['qdq_onnx']:,} | {b['packed_onnx']:,} "
+                     f"({b['packed_onnx'] / b['float_onnx']:.3f}×) | {b['packed_safetensors']:,} | "
+                     f"{b['limit_quantized_weights']:,.0f} | {b['checkpoint']:,} |")
+    lines.append("")
+    return lines
+
+
 def ablation_section() -> list[str]:
     lines = ["## DropBits variants (choosing the default): Fashion-MNIST LeNet-5, all layers", ""]
     r = _load("dropbits_ablation")
@@ -123,7 +161,7 @@ def main() -> None:
              "Rendered by `python -m benchmarks.render` from `benchmarks/results/*.json`; each "
              "section names the command that produced it. Protocol: `docs/benchmark-protocol.md` "
              "(ratios measured side by side in one run; accuracy on held-out splits only).", ""]
-    lines += step_time_section() + accuracy_section() + ablation_section()
+    lines += step_time_section() + accuracy_section() + export_section() + ablation_section()
     extra = Path(__file__).parent / "NOTES.md"
     if extra.is_file():
         lines += [extra.read_text().rstrip(), ""]

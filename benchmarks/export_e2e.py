@@ -1,0 +1,91 @@
+"""Exported artifacts on real data and their speed: the trained Fashion-MNIST ResNet-20.
+
+Uses the SRQ + DropBits runs written by ``benchmarks.fmnist_accuracy`` (W4A4 and W3A3) and:
+1. exports each as QDQ ONNX (verified at export on t10k batches) and as packed safetensors;
+2. evaluates the PyTorch checkpoint, the ONNX file (onnxruntime, default optimisation) and the
+   packed file on all 10,000 t10k images: top-1 and prediction agreement;
+3. measures onnxruntime latency (2 threads, batch 1 and 16, median of 30) of the exported
+   model against the float ONNX export of the same network, listing the integer kernels run;
+   with ``--requant`` the residual/stem conv outputs get calibrated int8 Q/DQ too (see notes);
+4. compares file sizes with the limit Σ bits·params/8.
+
+    python -m benchmarks.export_e2e
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import RESULTS, write_result
+from srqcli.export.bench import float_onnx, integer_ops, latency
+from srqcli.data import DataSpec, load_datasets, make_loaders
+from srqcli.export.artifacts import load_any
+from srqcli.export.workflow import eager_quantizers, run_export
+from srqcli.io.quantized import load_model
+from srqcli.report.stats import layer_stats
+
+CACHE = RESULTS / "cache"
+DATA = "/usr/share/datasets/fashion-mnist"
+
+
+@torch.no_grad()
+def predictions(model, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    preds, labels = [], []
+    for x, y in loader:
+        preds.append(model(x).argmax(1))
+        labels.append(y)
+    return torch.cat(preds), torch.cat(labels)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bits", type=int, nargs="+", default=[4, 3])
+    p.add_argument("--data", default=DATA)
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    bundle = load_datasets(DataSpec(source=args.data, batch_size=250))
+    _, val = make_loaders(bundle, 250, 0, seed=0)
+    results = {}
+    for bits in args.bits:
+        run = CACHE / f"srq_w{bits}_lsb_s0"
+        out = CACHE / f"export_w{bits}"
+        out.mkdir(exist_ok=True)
+        onnx_exact = run_export(str(run), fmt="onnx", data=args.data, out=out / "model.onnx")
+        onnx_requant = run_export(str(run), fmt="onnx", data=args.data, requant=True,
+                                  out=out / "model.requant.onnx")
+        onnx_packed = run_export(str(run), fmt="onnx", layout="packed", data=args.data,
+                                 out=out / "model.packed.onnx")
+        st = run_export(str(run), fmt="safetensors", data=args.data, out=out / "model.packed.safetensors")
+        model, info = load_model(run / "model.safetensors")
+        with eager_quantizers():
+            ref, labels = predictions(model, val)
+            packed, _ = predictions(load_any(st.path)[0], val)
+        row = {"pytorch_top1": float((ref == labels).float().mean() * 100),
+               "packed_safetensors_identical": bool(torch.equal(packed, ref))}
+        for name, res in (("onnx", onnx_exact), ("onnx_requant", onnx_requant), ("onnx_packed", onnx_packed)):
+            pred, _ = predictions(load_any(res.path)[0], val)
+            row[f"{name}_top1"] = float((pred == labels).float().mean() * 100)
+            row[f"{name}_agreement"] = float((pred == ref).float().mean() * 100)
+        fl = float_onnx(model, (1, info.in_channels, info.image_size, info.image_size), out / "float.onnx")
+        shape = (info.in_channels, info.image_size, info.image_size)
+        row["latency_ms"] = {}
+        for batch in (1, 16):
+            for name, path in (("float", fl), ("onnx", onnx_exact.path), ("onnx_requant", onnx_requant.path)):
+                row["latency_ms"][f"{name}_b{batch}"] = 1000 * latency(path, (batch, *shape), threads=2, runs=30)
+        row["integer_ops"] = {"onnx": integer_ops(onnx_exact.path), "onnx_requant": integer_ops(onnx_requant.path)}
+        stats = layer_stats(model)
+        limit = sum(s.params * s.weight_bits for s in stats) / 8
+        row["bytes"] = {"float_onnx": fl.stat().st_size, "qdq_onnx": onnx_exact.bytes,
+                        "packed_onnx": onnx_packed.bytes, "packed_safetensors": st.bytes,
+                        "checkpoint": (run / "model.safetensors").stat().st_size,
+                        "limit_quantized_weights": limit}
+        results[f"w{bits}a{bits}"] = row
+        print(bits, row)
+    write_result("export_e2e", {"runs": results})
+
+
+if __name__ == "__main__":
+    main()
