@@ -36,7 +36,6 @@ from srqcli.config import QuantConfig, Recipe, recipe_from_dict, to_toml
 from srqcli.core.grid import MAX_BITS, MIN_BITS
 from srqcli.errors import SrqError
 from srqcli.io.atomic import atomic_path, write_text_atomic
-from srqcli.io.checkpoint import read_state_dict
 from srqcli.nn.layers import is_quant_layer
 from srqcli.nn.surgery import (
     LayerBits,
@@ -65,8 +64,9 @@ from srqcli.workflow import rundir
 from srqcli.workflow.quantize import (
     Job,
     calibration_batches,
-    pretrain_float,
     build_float_model,
+    float_start,
+    read_start_weights,
 )
 
 SEARCH_JSON = rundir.SEARCH_JSON
@@ -231,11 +231,7 @@ def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, overwrite: 
         rundir.clear(out)
     started = time.perf_counter()
     budget = parse_budget(cfg.budget)
-    if recipe.model.checkpoint is None and recipe.model.pretrain_epochs <= 0:
-        raise SrqError("no --checkpoint given: srq search-bits starts from a pretrained model; pass "
-                       "--checkpoint PATH (or --pretrain-epochs N to train a float model first)")
-    weights = (read_state_dict(recipe.model.checkpoint, trust_pickle=trust_pickle)
-               if recipe.model.checkpoint else None)
+    weights = read_start_weights(recipe, trust_pickle=trust_pickle, job="search-bits starts from")
     with Reporter(console, enabled=show_progress) as reporter:
         job = Job(recipe, out, console, reporter)
         model = build_float_model(recipe, job.data, weights).to(job.device)
@@ -248,11 +244,7 @@ def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, overwrite: 
             cfg.min_bits, cfg.max_bits, pins)
         recipe.quant = dataclasses.replace(q, layers={})
         write_text_atomic(out / rundir.RECIPE, to_toml(recipe))
-        if recipe.model.checkpoint is None:
-            model = pretrain_float(job, model)
-        float_metrics = evaluate(model, job.val_loader, job.device, amp=job.amp,
-                                 reporter=reporter, label="float eval")
-        console.print(f"float model: top-1 {float_metrics.top1:.2f}%")
+        model, float_metrics = float_start(job, model)
         if cfg.strategy == "sensitivity":
             model, plan, _cost, alloc, history, ro, metrics = _sensitivity(
                 job, model, q, budget, input_shape, cfg, pins)

@@ -156,6 +156,29 @@ def _load_resume(path: Path) -> dict[str, Any]:
     return state
 
 
+def read_start_weights(recipe: Recipe, *, trust_pickle: bool, job: str) -> dict | nn.Module | None:
+    """The user's float weights, read before anything slow so a bad path fails at once.
+
+    ``None`` means the float model is trained first (``pretrain_epochs``); neither is an error.
+    """
+    if recipe.model.checkpoint is None and recipe.model.pretrain_epochs <= 0:
+        raise SrqError(f"no --checkpoint given: srq {job} a pretrained model; pass --checkpoint "
+                       "PATH (or --pretrain-epochs N to train a float model first)")
+    if recipe.model.checkpoint is None:
+        return None
+    return read_state_dict(recipe.model.checkpoint, trust_pickle=trust_pickle)
+
+
+def float_start(job: Job, model: nn.Module) -> tuple[nn.Module, EvalMetrics]:
+    """The float model to quantize (pre-trained here when no checkpoint) and its accuracy."""
+    if job.recipe.model.checkpoint is None:
+        model = pretrain_float(job, model)
+    metrics = evaluate(model, job.val_loader, job.device, amp=job.amp, reporter=job.reporter,
+                       label="float eval")
+    job.console.print(f"float model: top-1 {metrics.top1:.2f}%")
+    return model, metrics
+
+
 def pretrain_float(job: Job, model: nn.Module) -> nn.Module:
     """Train the float model first (the built-in example and benchmarks start from scratch)."""
     path = job.out / rundir.FLOAT
@@ -195,21 +218,12 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle:
     elif overwrite:
         rundir.clear(out)
     started = time.perf_counter()
-    if recipe.model.checkpoint is None and recipe.model.pretrain_epochs <= 0:
-        raise SrqError("no --checkpoint given: srq quantizes a pretrained model; pass "
-                       "--checkpoint PATH (or --pretrain-epochs N to train a float model first)")
-    # Read the user's file before anything slow, so a bad path fails at once.
-    weights = (read_state_dict(recipe.model.checkpoint, trust_pickle=trust_pickle)
-               if recipe.model.checkpoint else None)
+    weights = read_start_weights(recipe, trust_pickle=trust_pickle, job="quantizes")
     with Reporter(console, enabled=show_progress) as reporter:
         job = Job(recipe, out, console, reporter)
         model = build_float_model(recipe, job.data, weights).to(job.device)
         write_text_atomic(out / rundir.RECIPE, to_toml(recipe))
-        if recipe.model.checkpoint is None:
-            model = pretrain_float(job, model)
-        float_metrics = evaluate(model, job.val_loader, job.device, amp=job.amp,
-                                 reporter=reporter, label="float eval")
-        console.print(f"float model: top-1 {float_metrics.top1:.2f}%")
+        model, float_metrics = float_start(job, model)
 
         q = recipe.quant
         if state is None:

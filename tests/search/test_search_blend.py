@@ -14,12 +14,7 @@ from srqcli.search.gated import GatedSRQQuantizer
 torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True)
-def _eager():
-    prev = srq_core._use_fused
-    srq_core.set_fused(False)
-    yield
-    srq_core.set_fused(prev)
+pytestmark = pytest.mark.usefixtures("eager_srq")
 
 
 def _quantizer(structure="top", lo=2, hi=5, channels=None):

@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from srqcli.cli import app
 from srqcli.config import load_recipe
-from srqcli.core import srq as srq_core
 from srqcli.models import build_model
 from srqcli.report import read_report
 from srqcli.search import workflow as wf
@@ -24,12 +23,7 @@ torch.set_num_threads(1)
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _eager():
-    prev = srq_core._use_fused
-    srq_core.set_fused(False)
-    yield
-    srq_core.set_fused(prev)
+pytestmark = pytest.mark.usefixtures("eager_srq")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from srqcli.core import srq as srq_core
 from srqcli.search.budget import FILL, BudgetSpec, CostModel, LayerCost
 from srqcli.search.gated import GatedSRQQuantizer
 from srqcli.search.readout import readout, repair
@@ -15,12 +14,7 @@ from srqcli.search.regularizer import LagrangeMultiplier, expected_cost
 torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True)
-def _eager():
-    prev = srq_core._use_fused
-    srq_core.set_fused(False)
-    yield
-    srq_core.set_fused(prev)
+pytestmark = pytest.mark.usefixtures("eager_srq")
 
 
 def _toy(budget: float):
