@@ -47,6 +47,12 @@ def step_time_section() -> list[str]:
         for c, t in r["median_step_s"].items():
             m = f"{mem[c]:.2f}×" if c in mem else "—"
             lines.append(f"| {c} | {t * 1000:.0f} | {r['time_ratio_to_float'][c]:.2f}× | {m} |")
+        if "compiled_kernels_kib" in r.get("memory", {}):
+            m = r["memory"]
+            lines += ["", f"Training memory = peak RSS minus a process holding the model and batch "
+                      f"(for `srq` also its compiled kernels: a fixed {m['compiled_kernels_kib'] / 1024:.0f} MiB, "
+                      f"independent of the batch). Float training: {m['training_kib']['float'] / 1024:.0f} MiB, "
+                      f"SRQ: {m['training_kib']['srq'] / 1024:.0f} MiB."]
         lines.append("")
     lines += ["`srq` is the shipped implementation (edge-form windowed backward, `torch.compile`d); "
               "`srq-eager` the same math without fusion; `srq-fullgrid` the naive surrogate over "
