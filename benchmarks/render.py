@@ -119,6 +119,10 @@ def export_section() -> list[str]:
                      f"{row['onnx_agreement']:.2f}% | {row['onnx_requant_top1']:.2f} | "
                      f"{row['onnx_requant_agreement']:.2f}% | {row['onnx_packed_top1']:.2f} | "
                      f"{'yes' if row['packed_safetensors_identical'] else 'NO'} |")
+    for name, row in r["runs"].items():
+        for artifact, why in row.get("refused", {}).items():
+            lines.append(f"\n**{name.upper()} {artifact}: refused by export verification** ({why}); the "
+                         "numbers in its columns are from the same export written with `--no-verify`.")
     lines += ["", "| model | batch | float ONNX (ms) | qdq (ms) | speed-up | qdq --requant (ms) | speed-up |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for name, row in r["runs"].items():
