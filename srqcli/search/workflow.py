@@ -329,13 +329,7 @@ def _learned(job: Job, model: nn.Module, q: QuantConfig, budget: BudgetSpec, inp
     """Gated blended quantizers + cost regulariser with an adaptive multiplier."""
     recipe = job.recipe
     gate_gen = torch.Generator(device="cpu").manual_seed(recipe.train.seed + 104729)
-    if state is None:
-        model, plan = quantize_model(
-            model, q, calibration_batches(job.train_loader, recipe.data.calib_batches, job.device),
-            seed=recipe.train.seed)
-    else:
-        plan = [LayerBits(**p) for p in state["plan"]]
-        attach_quantizers(model, plan, q)
+    model, plan = job.quantize(model, q, state)
     quantizers = install_gates(model, cfg.min_bits, pinned=set(pins), structure=cfg.structure,
                                gate_init=cfg.gate_init, generator=gate_gen)
     model.to(job.device)

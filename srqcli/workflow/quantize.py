@@ -16,7 +16,7 @@ from rich.console import Console
 from torch import nn
 
 from srqcli import __version__
-from srqcli.config import Recipe, to_toml
+from srqcli.config import QuantConfig, Recipe, to_toml
 from srqcli.data import DatasetBundle, DataSpec, load_datasets, make_loaders
 from srqcli.errors import SrqError
 from srqcli.io.atomic import atomic_path, write_text_atomic
@@ -102,6 +102,17 @@ class Job:
                          in_channels=m.in_channels or self.data.in_channels,
                          image_size=self.data.image_size, recipe=self.recipe, plan=plan,
                          mean=self.data.mean, std=self.data.std, metrics=metrics or {})
+
+    def quantize(self, model: nn.Module, q: QuantConfig, state: dict[str, Any] | None
+                 ) -> tuple[nn.Module, list[LayerBits]]:
+        """Attach quantizers: calibrated on the float model for a fresh run, or rebuilt from
+        the saved plan when resuming (the caller then loads the saved tensors)."""
+        if state is None:
+            batches = calibration_batches(self.train_loader, self.recipe.data.calib_batches, self.device)
+            return quantize_model(model, q, batches, seed=self.recipe.train.seed)
+        plan = [LayerBits(**p) for p in state["plan"]]
+        attach_quantizers(model, plan, q)
+        return model, plan
 
     def fit(self, model: nn.Module, epochs: int, lr: float, label: str, *, start_epoch: int = 0,
             resume_state: dict[str, Any] | None = None, schedule: DropBitsSchedule | None = None,
@@ -225,14 +236,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle:
         write_text_atomic(out / rundir.RECIPE, to_toml(recipe))
         model, float_metrics = float_start(job, model)
 
-        q = recipe.quant
-        if state is None:
-            model, plan = quantize_model(
-                model, q, calibration_batches(job.train_loader, recipe.data.calib_batches, job.device),
-                seed=recipe.train.seed)
-        else:
-            plan = [LayerBits(**p) for p in state["plan"]]
-            attach_quantizers(model, plan, q)
+        model, plan = job.quantize(model, recipe.quant, state)
+        if state is not None:
             model.load_state_dict(state["model"])
             torch.set_rng_state(state["torch_rng"])
             job.train_loader.generator.set_state(state["loader_rng"])
