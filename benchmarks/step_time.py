@@ -108,7 +108,7 @@ def main() -> None:
         return
     from benchmarks.common import RESULTS, write_result
 
-    name = f"step_time_{args.arch}_w{args.bits}"
+    name = f"step_time_{args.arch}_w{args.bits}_b{args.batch}"
     if args.skip_timing:
         old = json.loads((RESULTS / f"{name}.json").read_text())
         ratios, medians, args.rounds = old["time_ratio_to_float"], old["median_step_s"], old["rounds"]
