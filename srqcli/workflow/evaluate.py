@@ -8,7 +8,6 @@ from pathlib import Path
 from rich.console import Console
 from torch import nn
 
-from srqcli.config import Recipe
 from srqcli.data import DataSpec, load_datasets, make_loaders
 from srqcli.errors import SrqError
 from srqcli.io.quantized import ModelInfo
@@ -42,10 +41,10 @@ def resolve_target(target: str) -> Path | None:
     return None
 
 
-def load_target(target: str, *, checkpoint: str | None, num_classes: int | None,
-                in_channels: int, trust_pickle: bool, data_classes: int) -> tuple[nn.Module, str]:
-    """Build the model to evaluate and say what kind it is."""
-    path = resolve_target(target)
+def load_target(target: str, path: Path | None, *, checkpoint: str | None,
+                num_classes: int | None, in_channels: int, trust_pickle: bool,
+                data_classes: int) -> tuple[nn.Module, str]:
+    """Build the model to evaluate (``path`` from :func:`resolve_target`) and say its kind."""
     if path is not None:
         from srqcli.export.artifacts import load_any  # also .onnx exports and packed .safetensors
 
@@ -71,18 +70,17 @@ def run_eval(target: str, *, data: str | None, checkpoint: str | None = None,
         from srqcli.export.artifacts import read_info
 
         info = read_info(path)
-    recipe = info.recipe if info else Recipe()
     source = data or (info.recipe.data.source if info else None)
     if source is None:
         raise SrqError("pass --data DIR (an ImageFolder or IDX folder, or 'example')")
     spec = DataSpec(source=source, batch_size=batch_size, workers=workers,
-                    image_size=info.image_size if info else recipe.data.image_size,
-                    resize_size=recipe.data.resize_size if info else None)
+                    image_size=info.image_size if info else None,
+                    resize_size=info.recipe.data.resize_size if info else None)
     bundle = load_datasets(spec)
     if info and info.num_classes != bundle.num_classes:
         raise SrqError(f"the model has {info.num_classes} classes but {source} has {bundle.num_classes}")
     dev = resolve_device(device)
-    model, kind = load_target(target, checkpoint=checkpoint, num_classes=num_classes,
+    model, kind = load_target(target, path, checkpoint=checkpoint, num_classes=num_classes,
                               in_channels=bundle.in_channels, trust_pickle=trust_pickle,
                               data_classes=bundle.num_classes)
     _, val_loader = make_loaders(bundle, min(batch_size, len(bundle.train)), workers, seed=0)
