@@ -1,7 +1,10 @@
-"""Shared fixtures: small real runs reused across tests (the built-in digits data)."""
+"""Shared fixtures: small real runs reused across tests (the built-in digits data), a simulated
+full disk for the atomic-write error paths."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -47,3 +50,53 @@ def example_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "example"
     run_quantize(quick_recipe(), out, show_progress=False)
     return out
+
+
+class _FullDisk:
+    """A file object that takes ``room`` bytes and then fails the way a full disk does."""
+
+    def __init__(self, real, room: int) -> None:
+        self._real, self._room = real, room
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        if len(view) > self._room:
+            self._real.write(view[: self._room])
+            self._room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room -= len(view)
+        return self._real.write(view)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._real.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._real, name)
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """``full_disk(name, room=64)``: srq's temporary file for the output called ``name`` (any
+    output when None) accepts ``room`` bytes, then every write fails with ENOSPC."""
+
+    def install(name: str | None = None, room: int = 64) -> None:
+        real_open = Path.open
+
+        def open_(self, mode="r", *args, **kwargs):
+            handle = real_open(self, mode, *args, **kwargs)
+            is_temp = self.name.startswith(".") and self.name.endswith(".tmp")
+            if "w" in mode and is_temp and (name is None or self.name.startswith(f".{name}.")):
+                return _FullDisk(handle, room)
+            return handle
+
+        monkeypatch.setattr(Path, "open", open_)
+
+    return install
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """Temporary files an interrupted atomic write would leave (there must be none)."""
+    return sorted(p for p in folder.rglob("*") if p.name.endswith(".tmp") or ".srq-write-test." in p.name)

@@ -34,14 +34,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from srqcli import __version__
 from srqcli.errors import SrqError, short_reason
 from srqcli.export.encodings import act_encoding, bn_affine, weight_codes
 from srqcli.export.packing import pack_bits, packed_nbytes, unpack_bits
-from srqcli.io.atomic import atomic_path
+from srqcli.io.atomic import save_safetensors_atomic
 from srqcli.io.quantized import QUANTIZED, ModelInfo
 from srqcli.models import build_model
 from srqcli.nn.layers import is_quant_layer
@@ -105,8 +105,7 @@ def save_packed(path: str | os.PathLike, model: nn.Module, info: ModelInfo,
     meta = info.metadata()
     meta.update({"format": PACKED, "packed_format_version": str(PACKED_VERSION),
                  "srq_version": __version__, "layers": json.dumps(layers)})
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    save_safetensors_atomic(tensors, path, meta)
     float_bytes = sum(t.numel() * t.element_size() for k, t in tensors.items() if not k.endswith(".weight.packed"))
     return {"packed_weight_bytes": packed_bytes, "other_bytes": float_bytes}
 

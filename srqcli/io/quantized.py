@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from srqcli import __version__
 from srqcli.config import Recipe, recipe_from_dict
 from srqcli.errors import SrqError, short_reason
-from srqcli.io.atomic import atomic_path
+from srqcli.io.atomic import save_safetensors_atomic
 from srqcli.models import build_model
 from srqcli.nn.surgery import LayerBits, rebuild_quantized
 
@@ -91,8 +91,7 @@ class ModelInfo:
 def save_model(path: str | os.PathLike, model: nn.Module, info: ModelInfo) -> None:
     """Write ``model``'s tensors and ``info`` atomically as safetensors."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=info.metadata())
+    save_safetensors_atomic(tensors, path, info.metadata())
 
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:

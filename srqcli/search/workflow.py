@@ -35,7 +35,7 @@ from srqcli import __version__
 from srqcli.config import QuantConfig, Recipe, recipe_from_dict, to_toml
 from srqcli.core.grid import MAX_BITS, MIN_BITS
 from srqcli.errors import SrqError
-from srqcli.io.atomic import atomic_path, write_text_atomic
+from srqcli.io.atomic import save_safetensors_atomic, save_torch_atomic, write_text_atomic
 from srqcli.nn.layers import is_quant_layer
 from srqcli.nn.surgery import (
     LayerBits,
@@ -178,17 +178,13 @@ def _build_optimizer(model: nn.Module, recipe: Recipe, cfg: SearchConfig, steps:
 
 
 def _save_float_weights(path: Path, model: nn.Module) -> None:
-    from safetensors.torch import save_file
-
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
           if ".weight_quant." not in k and ".input_quant." not in k}
-    with atomic_path(path) as tmp:
-        save_file(sd, str(tmp))
+    save_safetensors_atomic(sd, path)
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch_atomic(state, path)
 
 
 def _load_state(path: Path) -> dict[str, Any]:

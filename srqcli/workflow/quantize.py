@@ -19,7 +19,7 @@ from srqcli import __version__
 from srqcli.config import QuantConfig, Recipe, to_toml
 from srqcli.data import DatasetBundle, DataSpec, load_datasets, make_loaders
 from srqcli.errors import SrqError
-from srqcli.io.atomic import atomic_path, write_text_atomic
+from srqcli.io.atomic import save_torch_atomic, write_text_atomic
 from srqcli.io.checkpoint import load_into, read_state_dict
 from srqcli.io.quantized import ModelInfo, load_model, save_model
 from srqcli.models import build_model
@@ -152,8 +152,7 @@ def _save_resume(path: Path, model: nn.Module, optimizer, scheduler, epoch: int,
         "dropbits_rng": schedule.generator.get_state() if schedule else None,
         "recipe": job.recipe.to_json(),
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch_atomic(state, path)
 
 
 def _load_resume(path: Path) -> dict[str, Any]:
