@@ -9,10 +9,22 @@ import re
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 _REASON_MAX_CHARS = 150
+# The last traceback line of a worker's error, before its message (torch.utils.data reraise).
+_WORKER_MARK = "srqcli.errors.SrqError: "
 
 
 class SrqError(Exception):
-    """A user-facing error: the message must be one line and say what to fix."""
+    """A user-facing error: the message must be one line and say what to fix.
+
+    An SrqError raised in a DataLoader worker (e.g. an unreadable image with ``--strict``) is
+    re-created in the main process from a message holding the worker's whole traceback;
+    only the original line is kept, so the CLI still prints one line.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        if message.startswith("Caught SrqError") and _WORKER_MARK in message:
+            message = message.rstrip().rsplit(_WORKER_MARK, 1)[1]
+        super().__init__(message)
 
 
 def short_reason(exc: BaseException) -> str:

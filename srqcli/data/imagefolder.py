@@ -3,18 +3,32 @@
 Uses the standard ImageNet recipe (RandomResizedCrop + flip for training, resize + center
 crop for validation, ImageNet mean/std) because torchvision architectures and their
 published accuracies assume exactly this preprocessing.
+
+Unreadable images (truncated downloads, HTML error pages saved as ``.jpg``, zero-byte files)
+are found lazily, when a sample is loaded, rather than by a scan up front: a scan that only
+reads headers misses truncated image data, one that decodes everything costs a full pass over
+ImageNet on every run, and the decode that training does anyway finds every defect for free.
+An unreadable image is replaced by the next readable sample of the split, which keeps batches
+full and the run deterministic (the replacement depends only on the index and the files, not
+on workers or timing); ``strict`` makes it an error instead.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
+import torch
+from PIL import UnidentifiedImageError
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from srqcli.data.spec import DatasetBundle, DataSpec
 from srqcli.data.views import SplitView, limited_indices
-from srqcli.errors import SrqError
+from srqcli.errors import SrqError, short_reason
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,14 +41,60 @@ def is_imagefolder(directory: Path) -> bool:
     return (directory / "train").is_dir() or (directory / "val").is_dir()
 
 
-def _open_split(root: Path, split: str, transform: T.Compose) -> ImageFolder:
+class CheckedImageFolder(ImageFolder):
+    """An ImageFolder that replaces unreadable images by the next readable one (or, when
+    ``strict``, raises :class:`SrqError` naming the file).
+
+    Which samples are unreadable is kept in a shared-memory flag tensor, so DataLoader workers
+    skip a file another worker already found bad, and :attr:`unreadable_count` is the exact
+    number of distinct bad files met so far by all of them.
+    """
+
+    def __init__(self, root: str, transform: T.Compose, *, strict: bool) -> None:
+        # allow_empty: an empty class folder is harmless; only a split with no images is fatal.
+        super().__init__(root, transform=transform, allow_empty=True)
+        self.strict = strict
+        self.unreadable = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
+
+    @property
+    def unreadable_count(self) -> int:
+        return int(self.unreadable.sum())
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        count = len(self.samples)
+        for offset in range(count):
+            candidate = (index + offset) % count
+            if self.unreadable[candidate]:
+                continue
+            path, target = self.samples[candidate]
+            try:
+                image = self.loader(path)
+            # The loader's only input is the user's file: whatever it raises (PIL's OSError,
+            # SyntaxError, ValueError, DecompressionBombError, ...) means "unreadable".
+            except Exception as exc:
+                self._unreadable(candidate, path, exc)
+                continue
+            return self.transform(image), target
+        raise SrqError(f"no readable image in {self.root}; every file failed to decode")
+
+    def _unreadable(self, index: int, path: str, exc: Exception) -> None:
+        # PIL's own text for these repeats the path inside a file-object repr.
+        reason = "not an image format PIL can read" if isinstance(exc, UnidentifiedImageError) \
+            else short_reason(exc)
+        if self.strict:
+            raise SrqError(f"unreadable image {path}: {reason} (without --strict it is skipped)")
+        self.unreadable[index] = True
+        log.warning("warning: skipped unreadable image %s (%s); %d unreadable in this split so far",
+                    path, reason, self.unreadable_count)
+
+
+def _open_split(root: Path, split: str, transform: T.Compose, strict: bool) -> CheckedImageFolder:
     directory = root / split
     layout = f"expected {root}/train/<class>/*.jpg and {root}/val/<class>/*.jpg (or .png, ...)"
     if not directory.is_dir():
         raise SrqError(f"{directory} is missing; {layout}")
     try:
-        # allow_empty: an empty class folder is harmless; only a split with no images is fatal.
-        dataset = ImageFolder(str(directory), transform=transform, allow_empty=True)
+        dataset = CheckedImageFolder(str(directory), transform, strict=strict)
     except FileNotFoundError as exc:
         raise SrqError(f"{directory} has no class folders; {layout}") from exc
     if len(dataset) == 0:
@@ -52,9 +112,12 @@ def load_imagefolder(root: Path, spec: DataSpec) -> DatasetBundle:
         )
     normalize = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     train_set = _open_split(
-        root, "train", T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *normalize])
+        root, "train", T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *normalize]),
+        spec.strict,
     )
-    val_set = _open_split(root, "val", T.Compose([T.Resize(resize), T.CenterCrop(size), *normalize]))
+    val_set = _open_split(
+        root, "val", T.Compose([T.Resize(resize), T.CenterCrop(size), *normalize]), spec.strict
+    )
     if train_set.classes != val_set.classes:
         only_train = sorted(set(train_set.classes) - set(val_set.classes))
         only_val = sorted(set(val_set.classes) - set(train_set.classes))

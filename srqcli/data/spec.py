@@ -20,6 +20,7 @@ class DataSpec:
     MNIST-style IDX files or an ImageFolder tree with ``train/`` and ``val/``.
     ``train_limit``/``val_limit`` keep a fixed, seeded random subset for quick runs; a random
     rather than leading subset because ImageFolder samples are sorted by class.
+    ``strict`` makes an unreadable ImageFolder image an error instead of a skipped sample.
     """
 
     source: str
@@ -29,6 +30,7 @@ class DataSpec:
     resize_size: int | None = None
     train_limit: int | None = None
     val_limit: int | None = None
+    strict: bool = False
 
     def __post_init__(self) -> None:
         # Checked here, where the values enter, so a typo fails before any data is read.

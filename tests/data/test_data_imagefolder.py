@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
-from srqcli.data import DataSpec, load_datasets
+from srqcli.data import DataSpec, load_datasets, make_loaders
 from srqcli.errors import SrqError
 
 
@@ -105,3 +107,71 @@ def test_unrecognized_directory(tmp_path: Path) -> None:
     with pytest.raises(SrqError, match="neither an IDX dataset .* nor an ImageFolder dataset") as info:
         load_datasets(DataSpec(str(tmp_path)))
     assert "\n" not in str(info.value)
+
+
+def damage(root: Path) -> dict[str, Path]:
+    """Three kinds of unreadable file in train/a: garbage, a cut-off PNG, an empty .jpg."""
+    folder = root / "train" / "a"
+    bad = {"garbage": folder / "1.png", "truncated": folder / "2.png", "empty": folder / "3.jpg"}
+    bad["garbage"].write_bytes(b"<html>404 Not Found</html>")
+    data = bad["truncated"].read_bytes()
+    bad["truncated"].write_bytes(data[: len(data) // 2])
+    (folder / "3.png").unlink()
+    bad["empty"].write_bytes(b"")
+    return bad
+
+
+def test_unreadable_images_are_replaced_by_the_next_readable(tmp_path: Path, caplog) -> None:
+    root = make_tree(tmp_path, {"a": 4, "b": 3}, {"a": 1, "b": 1})
+    bad = damage(root)  # train/a: 0.png ok, 1.png, 2.png, 3.jpg bad; then b/0.png ...
+    bundle = load_datasets(DataSpec(str(root), image_size=8))
+    dataset = bundle.train.base
+    with caplog.at_level(logging.WARNING, logger="srqcli.data.imagefolder"):
+        image, label = bundle.val[0]
+        assert label == 0 and dataset.unreadable_count == 0  # val is a separate folder
+        first_b = dataset.samples.index((str(root / "train" / "b" / "0.png"), 1))
+        for index in (1, 2, 3):
+            image, label = bundle.train[(index, 5)]  # the seeded augmentation of a replacement
+            assert torch.equal(image, bundle.train[(first_b, 5)][0]) and label == 1
+    assert dataset.unreadable_count == 3
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 3 and all("\n" not in line for line in warned)
+    for path in bad.values():
+        assert any(str(path) in line for line in warned)
+    assert "3 unreadable" in warned[-1]
+
+
+def test_skipping_keeps_batches_deterministic_with_workers(tmp_path: Path) -> None:
+    root = make_tree(tmp_path, {"a": 6, "b": 6}, {"a": 1, "b": 1})
+    damage(root)
+
+    def batches(workers: int) -> list[torch.Tensor]:
+        bundle = load_datasets(DataSpec(str(root), image_size=8))
+        train, _ = make_loaders(bundle, batch_size=4, workers=workers, seed=3)
+        return [images for images, _ in train]
+
+    single, parallel = batches(0), batches(2)
+    assert len(single) == 3
+    assert all(torch.equal(a, b) for a, b in zip(single, parallel))
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_strict_fails_with_one_line_naming_the_file(tmp_path: Path, workers: int) -> None:
+    root = make_tree(tmp_path, {"a": 4, "b": 3}, {"a": 1, "b": 1})
+    bad = damage(root)
+    bundle = load_datasets(DataSpec(str(root), image_size=8, strict=True))
+    train, _ = make_loaders(bundle, batch_size=7, workers=workers, seed=0)
+    with pytest.raises(SrqError) as info:
+        next(iter(train))
+    message = str(info.value)
+    assert message.startswith("unreadable image ") and "\n" not in message
+    assert any(str(path) in message for path in bad.values())
+
+
+def test_split_without_any_readable_image(tmp_path: Path) -> None:
+    root = make_tree(tmp_path, {"a": 1, "b": 1}, {"a": 1, "b": 1})
+    for path in (root / "val").rglob("*.png"):
+        path.write_bytes(b"junk")
+    bundle = load_datasets(DataSpec(str(root), image_size=8))
+    with pytest.raises(SrqError, match="no readable image in .*val"):
+        bundle.val[0]
