@@ -5,7 +5,8 @@
    the float model (the reference), SRQ + DropBits and SRQ without DropBits at each bit-width,
    all layers quantized (first and last included, network input 8 bits).
 3. Reports top-1 on the held-out t10k split. Results are cached per configuration in
-   ``benchmarks/results/fmnist_accuracy.json`` so an interrupted run continues.
+   ``benchmarks/results/fmnist_accuracy_e{EPOCHS}.json`` (one file, one table, per fine-tuning
+   length) so an interrupted run continues.
 
 Needs Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``).
 
@@ -84,7 +85,7 @@ def finetune_srq(args, ckpt: Path, bits: int, variant: str, seed: int, console: 
     r.quant.weight_bits = r.quant.act_bits = bits
     r.dropbits.variant = variant
     r.train.seed = seed
-    out = CACHE / f"srq_w{bits}_{variant}_s{seed}"
+    out = CACHE / f"srq_w{bits}_{variant}_e{args.epochs}_s{seed}"
     res = run_quantize(r, out, overwrite=True, console=console)
     return {"top1": res.quant_metrics.top1, "top5": res.quant_metrics.top5,
             "float_start_top1": res.float_metrics.top1,
@@ -108,7 +109,8 @@ def main() -> None:
     console = Console(stderr=True)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     CACHE.mkdir(parents=True, exist_ok=True)
-    result_file = RESULTS / "fmnist_accuracy.json"
+    name = f"fmnist_accuracy_e{args.epochs}"
+    result_file = RESULTS / f"{name}.json"
     settings = {k: v for k, v in vars(args).items()}
     done = json.loads(result_file.read_text()) if result_file.is_file() else {}
     runs = done.get("runs", {}) if done.get("settings") == settings else {}
@@ -119,7 +121,7 @@ def main() -> None:
             return
         runs[key] = fn()
         console.print(f"[bold]{key}[/]: top-1 {runs[key]['top1']:.2f}%")
-        write_result("fmnist_accuracy", {"settings": settings, "float_checkpoint": ckpt.name, "runs": runs})
+        write_result(name, {"settings": settings, "float_checkpoint": ckpt.name, "runs": runs})
 
     for seed in args.seeds:
         record(f"float/s{seed}", lambda: finetune_float(args, ckpt, seed, console))

@@ -63,12 +63,20 @@ def step_time_section() -> list[str]:
 
 def accuracy_section() -> list[str]:
     lines = ["## Accuracy on real data: Fashion-MNIST ResNet-20 (all layers quantized)", ""]
-    r = _load("fmnist_accuracy")
-    if r is None:
+    found = sorted(RESULTS.glob("fmnist_accuracy_e*.json"),
+                   key=lambda p: int(p.stem.rsplit("_e", 1)[1]))
+    if not found:
         return lines + ["_not run yet_", ""]
+    for path in found:
+        lines += _accuracy_table(json.loads(path.read_text()))
+    return lines
+
+
+def _accuracy_table(r: dict[str, Any]) -> list[str]:
     s = r["settings"]
     runs = r["runs"]
-    lines += [
+    lines = [
+        f"### {s['epochs']} fine-tuning epochs", "",
         f"Float ResNet-20 trained {s['pretrain_epochs']} epochs on the 60k training images "
         f"({r['float_checkpoint']}); every row then fine-tunes {s['epochs']} epochs from that "
         f"checkpoint with the same schedule (Adam, cosine, lr {s['lr']}, quantizer lr "
