@@ -46,6 +46,7 @@ class DataConfig:
     calib_batches: int = 4
     train_limit: int | None = None
     val_limit: int | None = None
+    strict: bool = False  # an unreadable ImageFolder image is an error, not a skipped sample
 
 
 @dataclass

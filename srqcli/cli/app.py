@@ -7,6 +7,8 @@ to stderr and results (tables, JSON) to stdout so they can be piped.
 from __future__ import annotations
 
 import functools
+import logging
+import sys
 from enum import Enum
 from typing import Annotated, Any, Callable
 
@@ -63,6 +65,25 @@ def job_console(quiet: bool) -> Console:
     return Console(stderr=True, soft_wrap=True, quiet=quiet)
 
 
+class _StderrHandler(logging.Handler):
+    """Plain lines on whatever ``sys.stderr`` is when a record arrives, so Rich's live display
+    (which redirects it) and test runners that capture it both see the line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001 (logging's own contract: a failed emit never raises)
+            self.handleError(record)
+
+
+def show_library_warnings() -> None:
+    """Print srq's library warnings (e.g. a skipped unreadable image, logged from DataLoader
+    workers too) on stderr; the library itself only logs, as libraries should."""
+    logger = logging.getLogger("srqcli")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler(logging.WARNING))
+
+
 def _version(value: bool) -> None:
     if value:
         out_console.print(f"srq {__version__}")
@@ -75,3 +96,4 @@ def main_options(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """srq: quantize, evaluate and export low-bit vision models."""
+    show_library_warnings()

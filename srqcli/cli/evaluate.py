@@ -21,6 +21,7 @@ def eval_command(
     workers: Annotated[int, typer.Option(help="Data loader workers.")] = 0,
     device: Annotated[Device, typer.Option(help="Device.")] = Device.auto,
     trust_pickle: Annotated[bool, typer.Option(help="Allow unpickling a checkpoint (runs code from the file!).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail on an unreadable image instead of skipping it (ImageFolder data).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -29,7 +30,8 @@ def eval_command(
 
     res = run_eval(target, data=data, checkpoint=checkpoint, num_classes=num_classes,
                    batch_size=batch_size, workers=workers, device=device.value,
-                   trust_pickle=trust_pickle, console=job_console(quiet), show_progress=not quiet)
+                   trust_pickle=trust_pickle, strict=strict, console=job_console(quiet),
+                   show_progress=not quiet)
     m = res.metrics
     if as_json:
         out_console.print_json(json.dumps({"target": res.target, "kind": res.kind, "data": res.data,

@@ -59,6 +59,7 @@ def quantize(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default runs/ARCH-wWaA).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail on an unreadable image instead of skipping it (ImageFolder data).")] = False,
     trust_pickle: Annotated[bool, typer.Option(help="Allow unpickling a checkpoint (runs code from the file!).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -73,7 +74,7 @@ def quantize(
         "model.checkpoint": checkpoint, "model.num_classes": num_classes,
         "model.pretrain_epochs": pretrain_epochs,
         "data.source": data, "data.batch_size": batch_size, "data.workers": workers,
-        "data.calib_batches": calib_batches,
+        "data.calib_batches": calib_batches, "data.strict": strict or None,
         "quant.weight_bits": weight_bits if weight_bits is not None else bits,
         "quant.act_bits": act_bits if act_bits is not None else bits,
         "quant.first_last_bits": first_last_bits, "quant.skip": skip or None,

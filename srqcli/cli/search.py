@@ -54,6 +54,7 @@ def search_bits(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/ARCH-search-KIND).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the search in --out from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail on an unreadable image instead of skipping it (ImageFolder data).")] = False,
     trust_pickle: Annotated[bool, typer.Option(help="Allow unpickling a checkpoint (runs code from the file!).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -72,6 +73,7 @@ def search_bits(
         "model.pretrain_epochs": pretrain_epochs,
         "data.source": data, "data.batch_size": batch_size, "data.workers": workers,
         "data.calib_batches": calib_batches, "quant.per_channel": per_channel,
+        "data.strict": strict or None,
         "train.epochs": epochs, "train.lr": lr, "train.quant_lr": quant_lr, "train.seed": seed,
         "train.device": device.value if device else None,
     })

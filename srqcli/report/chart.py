@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from srqcli.io.atomic import atomic_path
+from srqcli.io.atomic import atomic_file
 from srqcli.report.schema import BitReport
 
 _QUANT, _FLOAT, _ACT, _AVG, _BUDGET = "#4C72B0", "#BBBBBB", "#222222", "#DD8452", "#C44E52"
@@ -69,6 +69,6 @@ def render_chart(report: BitReport, path: str | os.PathLike, *, dpi: int = 120) 
     ax_params.set_xticks(x, [r.name for r in layers], rotation=60, ha="right", fontsize=8)
     ax_params.set_xlim(-0.6, n - 0.4)
 
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
+    with atomic_file(path) as handle:
+        fig.savefig(handle, format="png", dpi=dpi)
     return Path(path)

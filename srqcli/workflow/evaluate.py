@@ -60,8 +60,8 @@ def load_target(target: str, path: Path | None, *, checkpoint: str | None,
 
 def run_eval(target: str, *, data: str | None, checkpoint: str | None = None,
              num_classes: int | None = None, batch_size: int = 256, workers: int = 0,
-             device: str = "auto", trust_pickle: bool = False, console: Console | None = None,
-             show_progress: bool = True) -> EvalResult:
+             device: str = "auto", trust_pickle: bool = False, strict: bool = False,
+             console: Console | None = None, show_progress: bool = True) -> EvalResult:
     """Evaluate ``target`` on the held-out split of ``data`` (defaults to the run's data)."""
     console = console or Console(stderr=True)
     path = resolve_target(target)
@@ -75,7 +75,7 @@ def run_eval(target: str, *, data: str | None, checkpoint: str | None = None,
         raise SrqError("pass --data DIR (an ImageFolder or IDX folder, or 'example')")
     spec = DataSpec(source=source, batch_size=batch_size, workers=workers,
                     image_size=info.image_size if info else None,
-                    resize_size=info.recipe.data.resize_size if info else None)
+                    resize_size=info.recipe.data.resize_size if info else None, strict=strict)
     bundle = load_datasets(spec)
     if info and info.num_classes != bundle.num_classes:
         raise SrqError(f"the model has {info.num_classes} classes but {source} has {bundle.num_classes}")

@@ -56,7 +56,7 @@ def data_spec(recipe: Recipe) -> DataSpec:
     d = recipe.data
     return DataSpec(source=d.source, batch_size=d.batch_size, workers=d.workers,
                     image_size=d.image_size, resize_size=d.resize_size,
-                    train_limit=d.train_limit, val_limit=d.val_limit)
+                    train_limit=d.train_limit, val_limit=d.val_limit, strict=d.strict)
 
 
 def build_float_model(recipe: Recipe, data: DatasetBundle, weights: dict | nn.Module | None
