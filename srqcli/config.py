@@ -20,6 +20,7 @@ from typing import Any
 from srqcli.core.dropbits import VARIANTS
 from srqcli.core.grid import MAX_BITS, MIN_BITS
 from srqcli.core.srq import PI_MODES
+from srqcli.methods.names import METHODS
 from srqcli.errors import SrqError
 
 RECIPE_VERSION = 1
@@ -51,6 +52,7 @@ class DataConfig:
 
 @dataclass
 class QuantConfig:
+    method: str = "srq"  # srq | rq | lsq | ste | slb | dq (srqcli/methods)
     weight_bits: int = 4
     act_bits: int = 4
     input_bits: int = 8  # the network input
@@ -61,6 +63,8 @@ class QuantConfig:
     window: int | None = None
     sigma_init: float = 0.25
     layers: dict[str, dict[str, int]] = field(default_factory=dict)  # pattern → {weight_bits, act_bits}
+    temperature_start: float | None = None  # rq/slb annealed temperature; None: the method's default
+    temperature_end: float | None = None
 
 
 @dataclass
@@ -117,9 +121,19 @@ class Recipe:
             raise SrqError(f"quant.window must be in 1..64, got {q.window}")
         if not 0.05 <= q.sigma_init <= 0.5:
             raise SrqError(f"quant.sigma_init must be in [0.05, 0.5] (σ/α), got {q.sigma_init}")
+        if q.method not in METHODS:
+            raise SrqError(f"quant.method must be one of {', '.join(METHODS)}, got {q.method!r}")
+        for key in ("temperature_start", "temperature_end"):
+            if getattr(q, key) is not None and not getattr(q, key) > 0:
+                raise SrqError(f"quant.{key} must be positive, got {getattr(q, key)}")
+        if q.method == "dq" and q.per_channel:
+            raise SrqError("quant.per_channel is not supported with method dq (one level set per tensor)")
         d = self.dropbits
         if d.variant not in ("none", *VARIANTS):
             raise SrqError(f"dropbits.variant must be one of none, {', '.join(VARIANTS)}, got {d.variant!r}")
+        if q.method != "srq" and d.variant != "none":
+            raise SrqError(f"DropBits is part of SRQ: with quant.method = {q.method!r} set "
+                           "dropbits.variant = \"none\" (--no-dropbits)")
         if not 0.0 <= d.rate < 1.0:
             raise SrqError(f"dropbits.rate must be in [0, 1), got {d.rate}")
         t = self.train

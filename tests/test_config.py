@@ -70,3 +70,19 @@ def test_per_layer_bits_are_checked():
         recipe_from_dict({"quant": {"layers": {"fc*": {"weight_bits": 12}}}})
     with pytest.raises(SrqError, match="unknown key"):
         recipe_from_dict({"quant": {"layers": {"fc*": {"bits": 3}}}})
+
+
+def test_method_keys_are_validated():
+    r = recipe_from_dict({"quant": {"method": "lsq", "temperature_end": 0.1},
+                          "dropbits": {"variant": "none"}})
+    assert r.quant.method == "lsq" and r.quant.temperature_end == 0.1
+    assert tomllib.loads(to_toml(r))["quant"]["method"] == "lsq"
+    with pytest.raises(SrqError, match="quant.method must be one of"):
+        recipe_from_dict({"quant": {"method": "pact"}})
+    with pytest.raises(SrqError, match="DropBits is part of SRQ"):
+        recipe_from_dict({"quant": {"method": "rq"}})  # the default DropBits variant is on
+    with pytest.raises(SrqError, match="temperature_start must be positive"):
+        recipe_from_dict({"quant": {"temperature_start": 0.0}})
+    with pytest.raises(SrqError, match="per_channel is not supported with method dq"):
+        recipe_from_dict({"quant": {"method": "dq", "per_channel": True},
+                          "dropbits": {"variant": "none"}})

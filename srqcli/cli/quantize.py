@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -12,6 +13,9 @@ from rich.table import Table
 from srqcli.cli.app import Device, DropBitsVariant, app, job_console, out_console, user_errors
 from srqcli.config import Recipe, apply_overrides, load_recipe
 from srqcli.errors import SrqError
+from srqcli.methods.names import METHODS
+
+Method = Enum("Method", {m: m for m in METHODS}, type=str)
 
 def read_bit_config(path: Path) -> dict[str, dict[str, int]]:
     """Per-layer bits from a TOML file: ``[layers]`` with ``"name" = {weight_bits=…, act_bits=…}``."""
@@ -44,8 +48,10 @@ def quantize(
     skip: Annotated[Optional[list[str]], typer.Option(help="Leave layers matching this pattern float (repeatable).")] = None,
     bit_config: Annotated[Optional[Path], typer.Option(help="Per-layer bits TOML ([layers] \"name\" = {weight_bits=…}).")] = None,
     per_channel: Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help="Per-output-channel weight steps.")] = None,
+    method: Annotated[Optional[Method], typer.Option(help="Quantizer: srq, or a baseline (rq, lsq, ste, slb, dq; DropBits is off for them).")] = None,
     dropbits: Annotated[Optional[DropBitsVariant], typer.Option(help="DropBits variant.")] = None,
-    drop_rate: Annotated[Optional[float], typer.Option(help="DropBits rate p.")] = None,
+    no_dropbits: Annotated[bool, typer.Option("--no-dropbits", help="Turn DropBits off (same as --dropbits none).")] = False,
+    drop_rate: Annotated[Optional[float], typer.Option("--drop-rate", "--dropbits-rate", help="DropBits rate p.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Fine-tuning epochs.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate of the weights.")] = None,
     quant_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the quantizer steps.")] = None,
@@ -63,13 +69,18 @@ def quantize(
     trust_pickle: Annotated[bool, typer.Option(help="Allow unpickling a checkpoint (runs code from the file!).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Quantize a pretrained model with SRQ + DropBits, fine-tune, evaluate and save it."""
+    """Quantize a pretrained model with SRQ + DropBits (or a baseline --method), fine-tune,
+    evaluate and save it."""
     from srqcli.workflow.quantize import run_quantize
 
     base = load_recipe(recipe) if recipe else (load_recipe("example") if model == "example" else Recipe())
     if model != "example":
         base.model.arch = model
     layers = read_bit_config(bit_config) if bit_config else None
+    if no_dropbits and dropbits not in (None, DropBitsVariant.none):
+        raise SrqError(f"--no-dropbits contradicts --dropbits {dropbits.value}")
+    variant = "none" if no_dropbits or (method not in (None, Method.srq) and dropbits is None) \
+        else (dropbits.value if dropbits else None)
     cfg = apply_overrides(base, {
         "model.checkpoint": checkpoint, "model.num_classes": num_classes,
         "model.pretrain_epochs": pretrain_epochs,
@@ -79,7 +90,8 @@ def quantize(
         "quant.act_bits": act_bits if act_bits is not None else bits,
         "quant.first_last_bits": first_last_bits, "quant.skip": skip or None,
         "quant.per_channel": per_channel, "quant.layers": layers,
-        "dropbits.variant": dropbits.value if dropbits else None, "dropbits.rate": drop_rate,
+        "quant.method": method.value if method else None,
+        "dropbits.variant": variant, "dropbits.rate": drop_rate,
         "train.epochs": epochs, "train.lr": lr, "train.quant_lr": quant_lr, "train.seed": seed,
         "train.device": device.value if device else None,
     })

@@ -94,6 +94,9 @@ class FrozenLayer:
 
 def weight_codes(layer: QuantConv2d | QuantLinear) -> tuple[Tensor, Tensor, IntGrid]:
     """Integer codes (int16) of a layer's weight, its float32 step (flattened) and grid."""
+    if not layer.weight_quant.uniform:
+        raise SrqError("cannot export this model: its weights use learned non-uniform levels "
+                       "(--method dq), and export needs integer codes on a uniform grid")
     enc = layer.weight_quant.encoding()
     grid = enc.grid
     if not grid.signed:

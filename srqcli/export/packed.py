@@ -27,6 +27,7 @@ model that was exported.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -159,7 +160,9 @@ def load_packed(path: str | os.PathLike) -> tuple[nn.Module, ModelInfo]:
     except (SafetensorError, OSError) as exc:
         raise SrqError(f"{path} is not a valid safetensors file: {short_reason(exc)}") from exc
     model = build_model(info.arch, info.num_classes, info.in_channels)
-    rebuild_quantized(model, info.plan, info.recipe.quant)
+    # The file holds the deployed network (codes on a uniform grid), whatever method trained
+    # it; SRQ's quantizers compute exactly that at inference (round-to-nearest and clip).
+    rebuild_quantized(model, info.plan, dataclasses.replace(info.recipe.quant, method="srq"))
     state = {k: v for k, v in model.state_dict().items()}
     modules = dict(model.named_modules())
     try:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from srqcli.nn.quantizer import SRQQuantizer
+from srqcli.nn.quantizer import Quantizer
 
 
 class QuantConv2d(nn.Conv2d):
     """``Conv2d`` whose input and weight pass through SRQ quantizers (grouped/depthwise too)."""
 
-    weight_quant: SRQQuantizer
-    input_quant: SRQQuantizer
+    weight_quant: Quantizer
+    input_quant: Quantizer
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(self.input_quant(x), self.weight_quant(self.weight), self.bias)
@@ -26,8 +26,8 @@ class QuantConv2d(nn.Conv2d):
 class QuantLinear(nn.Linear):
     """``Linear`` whose input and weight pass through SRQ quantizers."""
 
-    weight_quant: SRQQuantizer
-    input_quant: SRQQuantizer
+    weight_quant: Quantizer
+    input_quant: Quantizer
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(self.input_quant(x), self.weight_quant(self.weight), self.bias)

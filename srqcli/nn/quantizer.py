@@ -1,8 +1,9 @@
-"""The trainable SRQ quantizer module and its frozen encoding.
+"""The trainable quantizer modules (the shared base and SRQ's) and their frozen encoding.
 
-Following AIMET's split, :class:`SRQQuantizer` holds what is *trained* (``log α``, ``log σ``)
-and :class:`QuantEncoding` what is *frozen* (bits, signedness, step): export, reports and eval
-read encodings and never touch training code.
+Following AIMET's split, a :class:`Quantizer` holds what is *trained* (``log α``; SRQ adds
+``log σ``) and :class:`QuantEncoding` what is *frozen* (bits, signedness, step): export,
+reports and eval read encodings and never touch training code. The baselines of
+``srq quantize --method`` subclass :class:`Quantizer` in :mod:`srqcli.methods`.
 
 Parametrisation (docs/method.md §1, §4): ``α = exp(log_α)`` is positive by construction (a negative
 step is a known failure of LSQ re-implementations); ``σ = clamp(exp(log_σ), 0.05·α, 0.5·α)``.
@@ -90,8 +91,13 @@ def mse_optimal_step(x: Tensor, grid: IntGrid, channel_axis: int | None = None,
     return best.reshape(shape)
 
 
-class SRQQuantizer(nn.Module):
-    """Fake-quantizes a tensor with SRQ; optionally applies DropBits while training.
+class Quantizer(nn.Module):
+    """What every quantizer module shares, whatever its training math (SRQ or a baseline).
+
+    A bit-width, a grid whose signedness is decided at calibration, and a step
+    ``α = exp(log α)`` (positive by construction; a buffer when the method does not learn it).
+    Subclasses implement :meth:`forward` and may extend :meth:`init_step` and :meth:`project_`;
+    :meth:`encoding` is the frozen view export and reports read.
 
     Args:
         bits: bit-width ``b`` (2–8 in the CLI; the module accepts any ≥ 1).
@@ -99,33 +105,32 @@ class SRQQuantizer(nn.Module):
             the observed inputs).
         channels: number of channels for a per-channel step (``None``: per-tensor).
         channel_axis: axis of the channels in the quantized tensor.
-        pi_mode: how the backward treats ``π_m`` (see :mod:`srqcli.core.srq`).
-        window: edge-window half-width; ``None`` picks it from ``σ/α``.
-        sigma_init: initial ``σ/α`` (docs/method.md: α/4).
+        learn_step: ``log α`` is a parameter (else a buffer fixed at calibration).
     """
 
+    #: Export reads integer codes ``clamp(round(w/α))`` of the layer weight; methods with
+    #: non-uniform levels set this to ``False`` and export refuses them.
+    uniform = True
+    #: Calibration passes activation samples flattened; ``True``: as ``(channels, n)``.
+    calibrates_per_channel = False
+
     def __init__(self, bits: int, signed: bool | None, *, channels: int | None = None,
-                 channel_axis: int = 0, dims: int = 1, pi_mode: str = "detach",
-                 window: int | None = None, sigma_init: float = 0.25) -> None:
+                 channel_axis: int = 0, dims: int = 1, learn_step: bool = True) -> None:
         super().__init__()
         self.bits = bits
         self.signed_mode = signed  # None: decided from the calibration data
         self.channel_axis = channel_axis
-        self.pi_mode = pi_mode
-        self.window = window
-        self.sigma_init = sigma_init
         shape: tuple[int, ...] = ()
         if channels is not None:
             s = [1] * dims
             s[channel_axis] = channels
             shape = tuple(s)
-        self.log_alpha = nn.Parameter(torch.zeros(shape))
-        self.log_sigma = nn.Parameter(torch.full(shape, math.log(sigma_init)))
+        if learn_step:
+            self.log_alpha = nn.Parameter(torch.zeros(shape))
+        else:
+            self.register_buffer("log_alpha", torch.zeros(shape))
         self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("signed_flag", torch.tensor(bool(signed)))
-        self.drop_variant: str | None = None
-        self.drop_rate = 0.0
-        self.generator: torch.Generator | None = None
 
     @property
     def grid(self) -> IntGrid:
@@ -135,19 +140,18 @@ class SRQQuantizer(nn.Module):
     def alpha(self) -> Tensor:
         return self.log_alpha.exp()
 
-    @property
-    def sigma(self) -> Tensor:
-        alpha = self.alpha
-        return torch.minimum(torch.maximum(self.log_sigma.exp(), SIGMA_MIN_RATIO * alpha),
-                             SIGMA_MAX_RATIO * alpha)
-
     def set_bits(self, bits: int) -> None:
         """Change the bit-width; the step is re-initialised by the next calibration."""
         self.bits = bits
 
+    def initial_step(self, x: Tensor) -> Tensor:
+        """The step calibration starts from: MSE-optimal on ``x`` (docs/method.md §1)."""
+        per_channel = self.log_alpha.dim() > 0
+        return mse_optimal_step(x, self.grid, self.channel_axis if per_channel else None)
+
     @torch.no_grad()
-    def init_step(self, x: Tensor, signed: bool | None = None) -> None:
-        """Initialise ``α`` (MSE-optimal on ``x``) and ``σ = sigma_init·α``.
+    def init_step(self, x: Tensor, signed: bool | None = None) -> Tensor:
+        """Decide signedness, initialise ``α`` from ``x`` and return the step.
 
         ``x`` is the float weight, or samples of the float network's activations
         (calibrating with quantizers active zeroes 2-bit weights: docs/method.md §4).
@@ -155,21 +159,69 @@ class SRQQuantizer(nn.Module):
         if signed is None:
             signed = self.signed_mode if self.signed_mode is not None else bool((x < 0).any())
         self.signed_flag.fill_(signed)
-        per_channel = self.log_alpha.dim() > 0
-        step = mse_optimal_step(x, self.grid, self.channel_axis if per_channel else None)
+        step = self.initial_step(x)
         self.log_alpha.copy_(step.reshape(self.log_alpha.shape).log())
-        self.log_sigma.copy_((step * self.sigma_init).reshape(self.log_sigma.shape).log())
         self.initialized.fill_(True)
+        return step
 
     @torch.no_grad()
     def project_(self) -> None:
-        """Keep ``α`` finite and ``log σ`` inside ``[0.05·α, 0.5·α]`` after an optimizer step.
+        """Keep ``α`` finite after an optimizer step.
 
         ``α = exp(log α)`` is positive by construction, but a huge step on ``log α`` would
         underflow it to 0 or overflow it to inf; the bound ``[e^−30, e^30]`` is far outside
         any sensible step and keeps training recoverable.
         """
         self.log_alpha.clamp_(-LOG_ALPHA_BOUND, LOG_ALPHA_BOUND)
+
+    def check_ready(self) -> None:
+        if not bool(self.initialized):
+            raise RuntimeError("quantizer used before calibration: call calibrate() first")
+
+    def encoding(self) -> QuantEncoding:
+        """The frozen encoding (bits, signedness, step) for export and reports."""
+        return QuantEncoding(self.bits, bool(self.signed_flag), self.alpha.detach().clone())
+
+
+class SRQQuantizer(Quantizer):
+    """Fake-quantizes a tensor with SRQ; optionally applies DropBits while training.
+
+    Args (beyond :class:`Quantizer`'s):
+        pi_mode: how the backward treats ``π_m`` (see :mod:`srqcli.core.srq`).
+        window: edge-window half-width; ``None`` picks it from ``σ/α``.
+        sigma_init: initial ``σ/α`` (docs/method.md: α/4).
+    """
+
+    def __init__(self, bits: int, signed: bool | None, *, channels: int | None = None,
+                 channel_axis: int = 0, dims: int = 1, pi_mode: str = "detach",
+                 window: int | None = None, sigma_init: float = 0.25) -> None:
+        super().__init__(bits, signed, channels=channels, channel_axis=channel_axis, dims=dims)
+        self.pi_mode = pi_mode
+        self.window = window
+        self.sigma_init = sigma_init
+        self.log_sigma = nn.Parameter(torch.full(self.log_alpha.shape, math.log(sigma_init)))
+        self.drop_variant: str | None = None
+        self.drop_rate = 0.0
+        self.generator: torch.Generator | None = None
+
+    @property
+    def sigma(self) -> Tensor:
+        alpha = self.alpha
+        return torch.minimum(torch.maximum(self.log_sigma.exp(), SIGMA_MIN_RATIO * alpha),
+                             SIGMA_MAX_RATIO * alpha)
+
+    @torch.no_grad()
+    def init_step(self, x: Tensor, signed: bool | None = None) -> Tensor:
+        """Initialise ``α`` (MSE-optimal on ``x``) and ``σ = sigma_init·α``."""
+        step = super().init_step(x, signed)
+        self.log_sigma.copy_((step * self.sigma_init).reshape(self.log_sigma.shape).log())
+        return step
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Also keep ``log σ`` inside ``[0.05·α, 0.5·α]`` so it cannot drift where its
+        gradient is zero."""
+        super().project_()
         self.log_sigma.copy_(self.sigma.log())
 
     def configure_dropbits(self, variant: str | None, rate: float,
@@ -180,8 +232,7 @@ class SRQQuantizer(nn.Module):
         self.drop_variant, self.drop_rate, self.generator = variant, rate, generator
 
     def forward(self, x: Tensor) -> Tensor:
-        if not bool(self.initialized):
-            raise RuntimeError("quantizer used before calibration: call calibrate() first")
+        self.check_ready()
         grid = self.grid
         # Quantize in float32 even under bf16/fp16 autocast: half precision cannot round
         # x/α exactly for 8-bit codes, and the result must equal what export computes.
@@ -207,10 +258,6 @@ class SRQQuantizer(nn.Module):
         # LSB drop: SRQ on the grid with step 2^d·α (σ unchanged); α's gradient flows through
         # the product, so it picks up the factor 2^d by the chain rule.
         return srq_quantize(x, alpha * sample.factor, sigma, sample.kmin, sample.kmax, window=self.window, pi_mode=self.pi_mode)
-
-    def encoding(self) -> QuantEncoding:
-        """The frozen encoding (bits, signedness, step) for export and reports."""
-        return QuantEncoding(self.bits, bool(self.signed_flag), self.alpha.detach().clone())
 
     def extra_repr(self) -> str:
         kind = "per-channel" if self.log_alpha.dim() else "per-tensor"

@@ -1,4 +1,5 @@
-"""Model surgery: put SRQ quantizers on every Conv2d and Linear, calibrated on the float net.
+"""Model surgery: put quantizers (SRQ, or a ``--method`` baseline) on every Conv2d and Linear,
+calibrated on the float net.
 
 One place decides which layers are quantized and with how many bits (docs/method.md §7):
 every Conv2d (grouped and depthwise included) and Linear gets a weight quantizer and an
@@ -22,8 +23,9 @@ from torch import Tensor, nn
 
 from srqcli.config import QuantConfig
 from srqcli.errors import SrqError
+from srqcli.methods.registry import make_quantizer
 from srqcli.nn.layers import QUANT_LAYERS, QuantConv2d, QuantLinear, is_quant_layer
-from srqcli.nn.quantizer import SRQQuantizer
+from srqcli.nn.quantizer import Quantizer
 
 #: Activation values kept per layer and batch for the step search (a uniform subsample).
 _SAMPLES_PER_BATCH = 1 << 16
@@ -81,12 +83,19 @@ def plan_bits(names_in_order: list[str], cfg: QuantConfig) -> list[LayerBits]:
 
 
 class _ActivationSampler:
-    """Forward pre-hooks collecting input samples of float layers, in execution order."""
+    """Forward pre-hooks collecting input samples of float layers, in execution order.
 
-    def __init__(self, layers: Iterable[tuple[str, nn.Module]], seed: int) -> None:
+    ``per_channel`` also keeps samples as ``(channels, n)`` (axis 1 of the input), drawn with
+    a generator of their own so the flat samples are the same either way.
+    """
+
+    def __init__(self, layers: Iterable[tuple[str, nn.Module]], seed: int,
+                 per_channel: bool = False) -> None:
         self.samples: dict[str, list[Tensor]] = {}
+        self.channel_samples: dict[str, list[Tensor]] = {}
         self.order: list[str] = []
         self.generator = torch.Generator().manual_seed(seed)
+        self.channel_generator = torch.Generator().manual_seed(seed) if per_channel else None
         self.handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in layers]
 
     def _hook(self, name: str):
@@ -99,7 +108,16 @@ class _ActivationSampler:
                 idx = torch.randint(x.numel(), (_SAMPLES_PER_BATCH,), generator=self.generator)
                 x = x[idx]
             self.samples[name].append(x)
+            if self.channel_generator is not None:
+                self.channel_samples.setdefault(name, []).append(self._by_channel(args[0]))
         return hook
+
+    def _by_channel(self, x: Tensor) -> Tensor:
+        rows = x.detach().float().transpose(0, 1).reshape(x.shape[1], -1).cpu()
+        keep = max(1, _SAMPLES_PER_BATCH // rows.shape[0])
+        if rows.shape[1] > keep:
+            rows = rows[:, torch.randint(rows.shape[1], (keep,), generator=self.channel_generator)]
+        return rows
 
     def remove(self) -> None:
         for h in self.handles:
@@ -107,11 +125,13 @@ class _ActivationSampler:
 
 
 @torch.no_grad()
-def collect_activations(model: nn.Module, batches: Iterable[Tensor], seed: int = 0
-                        ) -> tuple[list[str], dict[str, Tensor]]:
-    """Run ``batches`` through the float ``model``; return layer execution order and samples."""
+def collect_activations(model: nn.Module, batches: Iterable[Tensor], seed: int = 0,
+                        per_channel: bool = False
+                        ) -> tuple[list[str], dict[str, Tensor], dict[str, Tensor]]:
+    """Run ``batches`` through the float ``model``; return layer execution order, flat
+    samples and (``per_channel``) ``(channels, n)`` samples per layer."""
     layers = quantizable_layers(model)
-    sampler = _ActivationSampler(layers, seed)
+    sampler = _ActivationSampler(layers, seed, per_channel)
     was_training = model.training
     model.eval()
     try:
@@ -126,13 +146,8 @@ def collect_activations(model: nn.Module, batches: Iterable[Tensor], seed: int =
         raise SrqError("no calibration batches: the training data is empty")
     unused = [n for n, _ in layers if n not in sampler.samples]
     order = sampler.order + unused  # layers never called keep definition order at the end
-    return order, {n: torch.cat(v) for n, v in sampler.samples.items()}
-
-
-def _make_quantizer(bits: int, signed: bool | None, cfg: QuantConfig, channels: int | None,
-                    dims: int) -> SRQQuantizer:
-    return SRQQuantizer(bits, signed, channels=channels, dims=dims, pi_mode=cfg.pi_mode,
-                        window=cfg.window, sigma_init=cfg.sigma_init)
+    return (order, {n: torch.cat(v) for n, v in sampler.samples.items()},
+            {n: torch.cat(v, dim=1) for n, v in sampler.channel_samples.items()})
 
 
 def attach_quantizers(model: nn.Module, plan: list[LayerBits], cfg: QuantConfig) -> nn.Module:
@@ -143,23 +158,26 @@ def attach_quantizers(model: nn.Module, plan: list[LayerBits], cfg: QuantConfig)
         qcls = QUANT_LAYERS[type(layer)]
         layer.__class__ = qcls  # same parameters and buffers; only forward changes
         channels = layer.weight.shape[0] if cfg.per_channel else None
-        layer.weight_quant = _make_quantizer(lb.weight_bits, True, cfg, channels, layer.weight.dim())
-        layer.input_quant = _make_quantizer(lb.act_bits, None, cfg, None, 1)
+        layer.weight_quant = make_quantizer(cfg, lb.weight_bits, activation=False,
+                                            channels=channels, shape=layer.weight.shape)
+        layer.input_quant = make_quantizer(cfg, lb.act_bits, activation=True, channels=None,
+                                           shape=layer.weight.shape)
     return model
 
 
 @torch.no_grad()
 def quantize_model(model: nn.Module, cfg: QuantConfig, calib_batches: Iterable[Tensor],
                    seed: int = 0) -> tuple[nn.Module, list[LayerBits]]:
-    """Calibrate on the float ``model``, then attach and initialise SRQ quantizers in place."""
-    order, samples = collect_activations(model, calib_batches, seed)
+    """Calibrate on the float ``model``, then attach and initialise quantizers in place."""
+    order, samples, channel_samples = collect_activations(model, calib_batches, seed,
+                                                          per_channel=cfg.method == "dq")
     plan = plan_bits(order, cfg)
     attach_quantizers(model, plan, cfg)
     modules = dict(model.named_modules())
     for lb in plan:
         layer = modules[lb.name]
         layer.weight_quant.init_step(layer.weight)
-        acts = samples.get(lb.name)
+        acts = (channel_samples if layer.input_quant.calibrates_per_channel else samples).get(lb.name)
         if acts is None:
             raise SrqError(f"layer {lb.name} was never called during calibration; skip it with --skip")
         layer.input_quant.init_step(acts)
@@ -172,12 +190,12 @@ def rebuild_quantized(model: nn.Module, plan: list[LayerBits], cfg: QuantConfig)
 
 
 def quantizer_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """``log α``/``log σ`` of all quantizers (they get their own learning rate)."""
-    return [p for m in model.modules() if isinstance(m, SRQQuantizer) for p in m.parameters()]
+    """Parameters of all quantizers (``log α``, ``log σ``, levels…: their own learning rate)."""
+    return [p for m in model.modules() if isinstance(m, Quantizer) for p in m.parameters()]
 
 
 def project_quantizers_(model: nn.Module) -> None:
     """Apply each quantizer's parameter constraints after an optimizer step."""
     for m in model.modules():
-        if isinstance(m, SRQQuantizer):
+        if isinstance(m, Quantizer):
             m.project_()

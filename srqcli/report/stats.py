@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from srqcli.core.grid import IntGrid
 from srqcli.errors import SrqError, short_reason
 from srqcli.nn.layers import QUANT_LAYERS, is_quant_layer
-from srqcli.nn.quantizer import SRQQuantizer
+from srqcli.nn.quantizer import Quantizer
 
 FLOAT_BITS = 32
 #: A latent weight counts as "clustered" when within this many steps of its grid point.
@@ -93,7 +93,7 @@ def model_totals(model: nn.Module) -> dict[str, float]:
     """Float size, packed size (quantized weights at their bits, the rest float32), averages."""
     rows = layer_stats(model)
     quantized_ids = {id(m.weight) for m in model.modules() if is_quant_layer(m)}
-    quantizer_ids = {id(p) for q in model.modules() if isinstance(q, SRQQuantizer)
+    quantizer_ids = {id(p) for q in model.modules() if isinstance(q, Quantizer)
                      for p in q.parameters()}
     other = sum(p.numel() for p in model.parameters()
                 if id(p) not in quantized_ids and id(p) not in quantizer_ids)

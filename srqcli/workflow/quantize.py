@@ -23,6 +23,8 @@ from srqcli.io.atomic import save_torch_atomic, write_text_atomic
 from srqcli.io.checkpoint import load_into, read_state_dict
 from srqcli.io.quantized import ModelInfo, load_model, save_model
 from srqcli.models import build_model
+from srqcli.methods.registry import finish_training
+from srqcli.methods.schedule import TemperatureSchedule
 from srqcli.nn.dropbits_schedule import DropBitsSchedule
 from srqcli.nn.surgery import LayerBits, attach_quantizers, quantize_model
 from srqcli.train.loop import (EpochRecord, EvalMetrics, build_optimizer, evaluate,
@@ -116,8 +118,9 @@ class Job:
 
     def fit(self, model: nn.Module, epochs: int, lr: float, label: str, *, start_epoch: int = 0,
             resume_state: dict[str, Any] | None = None, schedule: DropBitsSchedule | None = None,
-            on_epoch_end=None) -> list[EpochRecord]:
-        """Train ``epochs`` epochs (continuing from ``resume_state`` when given)."""
+            anneal: TemperatureSchedule | None = None, on_epoch_end=None) -> list[EpochRecord]:
+        """Train ``epochs`` epochs (continuing from ``resume_state`` when given); ``schedule``
+        and ``anneal`` set the DropBits rate and a baseline's temperature before each step."""
         steps = epochs * len(self.train_loader)
         optimizer, scheduler = build_optimizer(model, self.recipe.train, lr, steps)
         history: list[EpochRecord] = []
@@ -127,7 +130,8 @@ class Job:
             history = [EpochRecord(**h) for h in resume_state["history"]]
         for epoch in range(start_epoch, epochs):
             self.train_loader.sampler.set_epoch(epoch)
-            hook = schedule.hook(epoch, epochs) if schedule else None
+            hooks = [s.hook(epoch, epochs) for s in (schedule, anneal) if s]
+            hook = (lambda f, hooks=hooks: [h(f) for h in hooks]) if hooks else None
             loss, acc, ips, secs = train_epoch(
                 model, self.train_loader, optimizer, scheduler, self.device, amp=self.amp,
                 reporter=self.reporter, label=f"{label} {epoch + 1}/{epochs}", before_step=hook)
@@ -249,15 +253,19 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle:
             _save_resume(out / rundir.RESUME, model, optimizer, scheduler, epoch, history, plan,
                          job, schedule)
 
-        history = job.fit(model, recipe.train.epochs, recipe.train.lr, "srq",
+        history = job.fit(model, recipe.train.epochs, recipe.train.lr, recipe.quant.method,
                           start_epoch=state["epoch"] if state else 0, resume_state=state,
-                          schedule=schedule, on_epoch_end=checkpoint)
-        if schedule:
-            schedule.disable()
+                          schedule=schedule, anneal=TemperatureSchedule.attach(model, recipe.quant),
+                          on_epoch_end=checkpoint)
+        hardened = finish_training(model)  # SLB: the argmax weights; BatchNorm must follow
+        if schedule or hardened:
+            if schedule:
+                schedule.disable()
             used = reestimate_batchnorm(model, job.train_loader, job.device,
                                         recipe.dropbits.bn_reestimate_batches, amp=job.amp)
             if used:
-                console.print(f"[dim]BatchNorm statistics re-estimated on {used} batches with DropBits off[/]")
+                why = "with DropBits off" if schedule else "after fixing the SLB weights"
+                console.print(f"[dim]BatchNorm statistics re-estimated on {used} batches {why}[/]")
         quant_metrics = evaluate(model, job.val_loader, job.device, amp=job.amp,
                                  reporter=reporter, label="srq eval")
     sizes = model_totals(model)
