@@ -111,9 +111,15 @@ class Recipe:
         for key in ("weight_bits", "act_bits", "input_bits", "first_last_bits"):
             _check_bits(f"quant.{key}", getattr(q, key))
         for pattern, bits in q.layers.items():
+            if not isinstance(bits, dict):
+                raise SrqError(f"quant.layers.{pattern!r} must be a table like {{ weight_bits = 3 }}, "
+                               f"got {bits!r}")
             for key, value in bits.items():
                 if key not in ("weight_bits", "act_bits"):
                     raise SrqError(f"quant.layers.{pattern!r}: unknown key {key!r} (use weight_bits, act_bits)")
+                if not _type_ok(value, int):
+                    raise SrqError(f"quant.layers.{pattern!r}.{key} must be a whole number of bits, "
+                                   f"got {value!r}")
                 _check_bits(f"quant.layers.{pattern!r}.{key}", value)
         if q.pi_mode not in PI_MODES:
             raise SrqError(f"quant.pi_mode must be one of {', '.join(PI_MODES)}, got {q.pi_mode!r}")
@@ -200,6 +206,8 @@ def _type_name(annotation: Any) -> str:
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     """Build and validate a recipe from a (TOML-shaped) dict."""
+    if not isinstance(data, dict):
+        raise SrqError(f"a recipe must be a table of settings, got {type(data).__name__}")
     recipe = Recipe()
     _fill(recipe, data, "")
     return recipe.validate()
@@ -226,6 +234,8 @@ def load_recipe(name_or_path: str) -> Recipe:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SrqError(f"recipe {path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise SrqError(f"cannot read recipe {path}: {exc.strerror or exc}") from exc
     return recipe_from_dict(data)
 
 

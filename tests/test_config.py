@@ -86,3 +86,21 @@ def test_method_keys_are_validated():
     with pytest.raises(SrqError, match="per_channel is not supported with method dq"):
         recipe_from_dict({"quant": {"method": "dq", "per_channel": True},
                           "dropbits": {"variant": "none"}})
+
+
+@pytest.mark.parametrize("value,match", [
+    ("3", "'fc\\*' must be a table like"),
+    ("{ weight_bits = 3.5 }", "'fc\\*'.weight_bits must be a whole number of bits, got 3.5"),
+    ("{ act_bits = true }", "must be a whole number of bits, got True"),
+])
+def test_per_layer_bits_must_be_tables_of_whole_numbers(tmp_path, value, match):
+    p = tmp_path / "r.toml"
+    p.write_text(f'[quant.layers]\n"fc*" = {value}\n')
+    with pytest.raises(SrqError, match=match):
+        load_recipe(str(p))
+
+
+def test_recipe_must_be_a_table():
+    # e.g. the recipe JSON inside a damaged model file
+    with pytest.raises(SrqError, match="a recipe must be a table of settings, got list"):
+        recipe_from_dict([1, 2])

@@ -126,8 +126,10 @@ def _is_torchscript(file: Path) -> bool:
     try:
         with zipfile.ZipFile(file) as archive:
             names = archive.namelist()
-    except zipfile.BadZipFile:
-        return False  # not a zip at all, or a truncated one that torch.load will report
+    # Not a zip at all, or a damaged one (a bit flip in a name raises UnicodeDecodeError, a
+    # ValueError): either way torch.load reports it with the file's name.
+    except (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError):
+        return False
     for name in names:
         parts = name.split("/")
         if len(parts) >= 2 and parts[1] in ("code", "constants.pkl"):

@@ -72,11 +72,11 @@ class ModelInfo:
         if meta.get("format") not in (QUANTIZED, FLOAT):
             raise SrqError(f"{path} is not an srq model file (no srq metadata); for float weights "
                            "pass an architecture name and --checkpoint")
-        if int(meta.get("format_version", "0")) > FORMAT_VERSION:
+        if _int(meta.get("format_version", "0"), "format_version", path) > FORMAT_VERSION:
             raise SrqError(f"{path} was written by a newer srq (format {meta['format_version']}); upgrade srq")
         try:
             norm = json.loads(meta.get("normalization", "{}"))
-            return cls(
+            info = cls(
                 arch=meta["arch"], num_classes=int(meta["num_classes"]),
                 in_channels=int(meta["in_channels"]), image_size=int(meta["image_size"]),
                 recipe=recipe_from_dict(json.loads(meta["recipe"])),
@@ -84,8 +84,25 @@ class ModelInfo:
                 mean=tuple(norm.get("mean", ())), std=tuple(norm.get("std", ())),
                 metrics=json.loads(meta.get("metrics", "{}")),
             )
-        except (KeyError, ValueError, TypeError) as exc:
-            raise SrqError(f"{path} has damaged srq metadata ({type(exc).__name__}: {exc})") from exc
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise _damaged(path, f"{type(exc).__name__}: {short_reason(exc)}") from exc
+        except SrqError as exc:  # the stored recipe fails validation
+            raise _damaged(path, f"recipe: {exc}") from exc
+        for key in ("num_classes", "in_channels", "image_size"):
+            if getattr(info, key) < 1:
+                raise _damaged(path, f"{key} = {getattr(info, key)}")
+        return info
+
+
+def _damaged(path: Path, detail: str) -> SrqError:
+    return SrqError(f"{path} has damaged srq metadata ({detail})")
+
+
+def _int(value: str, key: str, path: Path) -> int:
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise _damaged(path, f"{key} = {value!r}") from exc
 
 
 def save_model(path: str | os.PathLike, model: nn.Module, info: ModelInfo) -> None:

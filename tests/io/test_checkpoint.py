@@ -201,6 +201,17 @@ def test_random_bytes(tmp_path: Path, trust_pickle: bool) -> None:
     assert "not a readable PyTorch checkpoint" in load_error(path, trust_pickle=trust_pickle)
 
 
+def test_zip_with_a_damaged_member_name(tmp_path: Path, trained: nn.Sequential) -> None:
+    # A flipped bit in a name flagged UTF-8 makes zipfile raise UnicodeDecodeError.
+    path = tmp_path / "flipped.pt"
+    torch.save(trained.state_dict(), path)
+    data = bytearray(path.read_bytes())
+    name = data.rindex(b"flipped/data.pkl")  # the central directory entry
+    data[name] = 0xCA
+    path.write_bytes(bytes(data))
+    assert "flipped.pt is not a readable PyTorch checkpoint" in load_error(path)
+
+
 @TORCHSCRIPT_DEPRECATION
 def test_truncated_torchscript(tmp_path: Path, trained: nn.Sequential) -> None:
     path = tmp_path / "scripted.pt"

@@ -1,0 +1,52 @@
+"""srq model files whose metadata was damaged or edited: one clear line naming the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from report.report_testutil import save_lenet_run
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from srqcli.errors import SrqError
+from srqcli.io.quantized import load_model, read_model_info
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory) -> Path:
+    return save_lenet_run(tmp_path_factory.mktemp("run"))
+
+
+def with_metadata(original: Path, target: Path, **changes: str) -> Path:
+    with safe_open(str(original), framework="pt") as f:
+        meta = {**f.metadata(), **changes}
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    save_file(tensors, str(target), metadata=meta)
+    return target
+
+
+@pytest.mark.parametrize("changes,detail", [
+    ({"format_version": "one"}, "format_version = 'one'"),
+    ({"image_size": "0"}, "image_size = 0"),
+    ({"in_channels": "-3"}, "in_channels = -3"),
+    ({"num_classes": "ten"}, "ValueError"),
+    ({"normalization": "[]"}, "AttributeError"),
+    ({"plan": "[1]"}, "TypeError"),
+    ({"recipe": "7"}, "recipe: a recipe must be a table of settings"),
+    ({"recipe": '{"quant": {"weight_bits": 99}}'}, "recipe: quant.weight_bits must be between"),
+])
+def test_damaged_metadata_is_named(original: Path, tmp_path: Path, changes: dict, detail: str) -> None:
+    path = with_metadata(original, tmp_path / "model.safetensors", **changes)
+    for load in (read_model_info, load_model):
+        with pytest.raises(SrqError) as info:
+            load(path)
+        message = str(info.value)
+        assert message.startswith(f"{path} has damaged srq metadata (") and detail in message
+        assert "\n" not in message
+
+
+def test_newer_format_asks_for_an_upgrade(original: Path, tmp_path: Path) -> None:
+    path = with_metadata(original, tmp_path / "model.safetensors", format_version="99")
+    with pytest.raises(SrqError, match="written by a newer srq .*upgrade srq"):
+        read_model_info(path)
