@@ -88,6 +88,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # mixed precision on CUDA only
     fused: bool = True  # torch.compile the SRQ backward
+    checkpoint_every: int = 0  # also write the resume checkpoint every N steps (0: by time only)
+    checkpoint_minutes: float = 10.0  # ... and every N minutes (0: only N steps / epoch ends)
 
 
 @dataclass
@@ -149,6 +151,9 @@ class Recipe:
             raise SrqError(f"train.schedule must be cosine or constant, got {t.schedule!r}")
         if t.device not in ("auto", "cpu", "cuda"):
             raise SrqError(f"train.device must be auto, cpu or cuda, got {t.device!r}")
+        if t.checkpoint_every < 0 or t.checkpoint_minutes < 0:
+            raise SrqError("train.checkpoint_every and train.checkpoint_minutes must not be negative "
+                           "(0 turns either off)")
         for key, value in (("train.epochs", t.epochs), ("data.batch_size", self.data.batch_size),
                            ("data.calib_batches", self.data.calib_batches)):
             if value < (0 if key == "train.epochs" else 1):

@@ -13,6 +13,7 @@ from rich.table import Table
 from srqcli.cli.app import Device, DropBitsVariant, app, job_console, out_console, user_errors
 from srqcli.config import Recipe, apply_overrides, load_recipe
 from srqcli.errors import SrqError
+from srqcli.train.distributed import is_main
 from srqcli.methods.names import METHODS
 
 Method = Enum("Method", {m: m for m in METHODS}, type=str)
@@ -63,7 +64,8 @@ def quantize(
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     device: Annotated[Optional[Device], typer.Option(help="Device.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default runs/ARCH-wWaA).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint (mid-epoch too).")] = False,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Write the resume checkpoint every N steps too (default: every 10 minutes and each epoch end).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on an unreadable image instead of skipping it (ImageFolder data).")] = False,
     trust_pickle: Annotated[bool, typer.Option(help="Allow unpickling a checkpoint (runs code from the file!).")] = False,
@@ -94,12 +96,14 @@ def quantize(
         "dropbits.variant": variant, "dropbits.rate": drop_rate,
         "train.epochs": epochs, "train.lr": lr, "train.quant_lr": quant_lr, "train.seed": seed,
         "train.device": device.value if device else None,
+        "train.checkpoint_every": checkpoint_every,
     })
     if out is None:
         out = Path("runs") / f"{cfg.model.arch}-w{cfg.quant.weight_bits}a{cfg.quant.act_bits}"
     result = run_quantize(cfg, out, resume=resume, overwrite=overwrite, trust_pickle=trust_pickle,
                           console=job_console(quiet), show_progress=not quiet)
-    print_quantize_summary(result, cfg)
+    if is_main():  # under torchrun the other processes stay quiet
+        print_quantize_summary(result, cfg)
 
 
 def print_quantize_summary(result: Any, cfg: Recipe) -> None:

@@ -12,6 +12,7 @@ from rich.table import Table
 from srqcli.cli.app import Device, app, job_console, out_console, user_errors
 from srqcli.config import Recipe, apply_overrides, load_recipe
 from srqcli.errors import SrqError
+from srqcli.train.distributed import is_main
 
 
 class Strategy(str, Enum):
@@ -100,7 +101,8 @@ def search_bits(
     result = run_search(cfg, scfg, out, resume=resume, overwrite=overwrite,
                         trust_pickle=trust_pickle, console=job_console(quiet),
                         show_progress=not quiet)
-    _print_summary(result, cfg)
+    if is_main():  # under torchrun the other processes stay quiet
+        _print_summary(result, cfg)
 
 
 def _print_summary(result, cfg: Recipe) -> None:

@@ -15,7 +15,7 @@ layers before they are swapped for quantized ones.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -167,10 +167,20 @@ def attach_quantizers(model: nn.Module, plan: list[LayerBits], cfg: QuantConfig)
 
 @torch.no_grad()
 def quantize_model(model: nn.Module, cfg: QuantConfig, calib_batches: Iterable[Tensor],
-                   seed: int = 0) -> tuple[nn.Module, list[LayerBits]]:
-    """Calibrate on the float ``model``, then attach and initialise quantizers in place."""
+                   seed: int = 0, share: Callable[[Tensor], Tensor] | None = None
+                   ) -> tuple[nn.Module, list[LayerBits]]:
+    """Calibrate on the float ``model``, then attach and initialise quantizers in place.
+
+    ``share`` merges one layer's activation samples with those of the other processes of a
+    multi-process run (an all-gather), so the steps come from every process's calibration
+    batches and are identical everywhere.
+    """
     order, samples, channel_samples = collect_activations(model, calib_batches, seed,
                                                           per_channel=cfg.method == "dq")
+    if share is not None:
+        samples = {name: share(samples[name]) for name in order if name in samples}
+        channel_samples = {name: share(channel_samples[name]) for name in order
+                           if name in channel_samples}
     plan = plan_bits(order, cfg)
     attach_quantizers(model, plan, cfg)
     modules = dict(model.named_modules())

@@ -19,9 +19,9 @@ import copy
 import dataclasses
 import json
 import math
-import shutil
 import time
 from contextlib import nullcontext
+from functools import partial
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from srqcli import __version__
 from srqcli.config import QuantConfig, Recipe, recipe_from_dict, to_toml
 from srqcli.core.grid import MAX_BITS, MIN_BITS
 from srqcli.errors import SrqError
-from srqcli.io.atomic import save_safetensors_atomic, save_torch_atomic, write_text_atomic
+from srqcli.io.atomic import save_safetensors_atomic, write_text_atomic
 from srqcli.nn.layers import is_quant_layer
 from srqcli.nn.surgery import (
     LayerBits,
@@ -58,9 +58,11 @@ from srqcli.search.gated import (
 from srqcli.search.readout import Allocation, allocate, readout, repair
 from srqcli.search.regularizer import LagrangeMultiplier, expected_bits, expected_cost
 from srqcli.search.sensitivity import fisher_diagonal, layer_sensitivity
-from srqcli.train.loop import EvalMetrics, evaluate, reestimate_batchnorm
+from srqcli.train import distributed
+from srqcli.train.loop import EvalMetrics, evaluate, reestimate_batchnorm, resolve_device
 from srqcli.train.progress import Reporter
 from srqcli.workflow import rundir
+from srqcli.workflow.resume import load_state, save_state
 from srqcli.workflow.quantize import (
     Job,
     calibration_batches,
@@ -183,48 +185,40 @@ def _save_float_weights(path: Path, model: nn.Module) -> None:
     save_safetensors_atomic(sd, path)
 
 
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    save_torch_atomic(state, path)
-
-
-def _load_state(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, bad pickle opcodes…
-        raise SrqError(f"resume checkpoint {path} is damaged ({type(exc).__name__}); "
-                       "delete it and start over with --overwrite") from exc
-    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
-        raise SrqError(f"{path} is not an srq search-bits resume checkpoint")
-    return state
-
-
 def run_search(recipe: Recipe, cfg: SearchConfig, out: Path, *, resume: bool = False,
                overwrite: bool = False, trust_pickle: bool = False,
                console: Console | None = None, show_progress: bool = True) -> SearchResult:
-    """Search per-layer weight bits under ``cfg.budget`` and write the run folder ``out``."""
+    """Search per-layer weight bits under ``cfg.budget`` and write the run folder ``out``.
+
+    Under torchrun every process searches on its shard; rank 0 alone writes and reports.
+    """
     console = console or Console(stderr=True)
     if not resume:
         cfg.validate()
-    created = not out.exists()
-    rundir.prepare(out, resume=resume, overwrite=overwrite)
-    try:
-        return _run(recipe, cfg, out, resume, overwrite, trust_pickle, console, show_progress)
-    except BaseException:
-        if created and out.is_dir() and not any(p.is_file() for p in out.rglob("*")):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    with distributed.session(distributed.local_device(resolve_device(recipe.train.device))):
+        if not distributed.is_main():
+            console, show_progress = Console(stderr=True, quiet=True), False
+        created = distributed.on_main(lambda: rundir.claim(out, resume=resume, overwrite=overwrite))
+        try:
+            return _run(recipe, cfg, out, resume, overwrite, trust_pickle, console, show_progress)
+        except BaseException:
+            if distributed.is_main():
+                rundir.abandon(out, created)
+            raise
 
 
 def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, overwrite: bool,
          trust_pickle: bool, console: Console, show_progress: bool) -> SearchResult:
     recipe, cfg = copy.deepcopy(recipe), copy.deepcopy(cfg)
-    state = _load_state(out / rundir.RESUME) if resume else None
-    if state is not None:
+    state = None
+    if resume:
+        state = distributed.on_main(
+            lambda: load_state(out / rundir.RESUME, RESUME_FORMAT, "srq search-bits"))
         recipe = recipe_from_dict(json.loads(state["recipe"]))
         cfg = SearchConfig(**json.loads(state["search"])).validate()
         console.print(f"[dim]resuming {out} after epoch {state['epoch']} with its saved settings[/]")
     elif overwrite:
-        rundir.clear(out)
+        distributed.on_main(lambda: rundir.clear(out))
     started = time.perf_counter()
     budget = parse_budget(cfg.budget)
     weights = read_start_weights(recipe, trust_pickle=trust_pickle, job="search-bits starts from")
@@ -239,7 +233,7 @@ def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, overwrite: 
         _structural_cost(model, q, budget, input_shape, cfg, pins).check_feasible(
             cfg.min_bits, cfg.max_bits, pins)
         recipe.quant = dataclasses.replace(q, layers={})
-        write_text_atomic(out / rundir.RECIPE, to_toml(recipe))
+        distributed.on_main(lambda: write_text_atomic(out / rundir.RECIPE, to_toml(recipe)))
         model, float_metrics = float_start(job, model)
         if cfg.strategy == "sensitivity":
             model, plan, _cost, alloc, history, ro, metrics = _sensitivity(
@@ -253,7 +247,6 @@ def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, overwrite: 
               (f"budget {budget.kind} = {budget.value:g}; achieved {alloc.achieved:.6g} "
                f"({alloc.fill:.2%}, {alloc.method})"),
               f"use: srq quantize {recipe.model.arch} --bit-config {ALLOCATION_TOML} ..."]
-    write_allocation(out / ALLOCATION_TOML, final_plan, header)
     for note in alloc.notes:
         console.print(f"[dim]{note}[/]")
     info = job.info(final_plan, {"float_top1": float_metrics.top1, "top1": metrics.top1})
@@ -276,11 +269,17 @@ def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, overwrite: 
         "plan": [asdict(p) for p in final_plan],
         "seconds": time.perf_counter() - started,
         "device": str(job.device),
+        "processes": distributed.world_size(),
     }
-    write_text_atomic(out / SEARCH_JSON, json.dumps(summary, indent=2) + "\n")
-    _save_float_weights(out / SEARCHED, model)
-    write_report(model.cpu(), out, info=info, metrics=summary, budget=(budget.kind, budget.value),
-                 source=str(out / ALLOCATION_TOML))
+
+    def write_outputs() -> None:
+        write_allocation(out / ALLOCATION_TOML, final_plan, header)
+        write_text_atomic(out / SEARCH_JSON, json.dumps(summary, indent=2) + "\n")
+        _save_float_weights(out / SEARCHED, model)
+        write_report(model.cpu(), out, info=info, metrics=summary,
+                     budget=(budget.kind, budget.value), source=str(out / ALLOCATION_TOML))
+
+    distributed.on_main(write_outputs)
     return SearchResult(out, alloc, final_plan, float_metrics, metrics, history, ro)
 
 
@@ -297,6 +296,7 @@ def _sensitivity(job: Job, model: nn.Module, q: QuantConfig, budget: BudgetSpec,
 
     job.console.print(f"[bold]Sensitivity[/] of {len(names)} layers on {cfg.sensitivity_batches} batches")
     fisher = fisher_diagonal(model, names, batches(), job.device)
+    distributed.mean_across_(fisher.values())  # every process ranks layers alike
     values = layer_sensitivity(model, fisher, range(cfg.min_bits, cfg.max_bits + 1),
                                per_channel=q.per_channel)
     cost = _structural_cost(model, q, budget, input_shape, cfg, pins)
@@ -304,7 +304,7 @@ def _sensitivity(job: Job, model: nn.Module, q: QuantConfig, budget: BudgetSpec,
     qa = dataclasses.replace(q, layers={**q.layers, **{n: {"weight_bits": b} for n, b in alloc.bits.items()}})
     model, plan = quantize_model(
         model, qa, calibration_batches(job.train_loader, job.recipe.data.calib_batches, job.device),
-        seed=job.recipe.train.seed)
+        seed=job.recipe.train.seed, share=distributed.gather_cat)
     cost = CostModel.build(model, budget, input_shape, cfg.min_bits, cfg.max_bits, pins)
     if not cost.fits(alloc.bits) and alloc.in_window:  # execution order changed the plan
         alloc = allocate(cost, values, "knapsack", cells=cfg.knapsack_cells)
@@ -346,11 +346,12 @@ def _learned(job: Job, model: nn.Module, q: QuantConfig, budget: BudgetSpec, inp
         job.train_loader.generator.set_state(state["loader_rng"])
         gate_gen.set_state(state["gate_rng"])
         start = int(state["epoch"])
+    trainee = distributed.wrap(model, job.device)
     target = budget.value
     for epoch in range(start, epochs):
-        job.train_loader.sampler.set_epoch(epoch)
-        loss, acc, exp_cost = _search_epoch(job, model, quantizers, cost, mult, optimizer,
+        loss, acc, exp_cost = _search_epoch(job, trainee, quantizers, cost, mult, optimizer,
                                             scheduler, f"search {epoch + 1}/{epochs}")
+        distributed.average_batchnorm_(model)
         val = evaluate(model, job.val_loader, job.device, amp=job.amp, reporter=job.reporter,
                        label="  val")
         ro = readout(quantizers)
@@ -363,14 +364,14 @@ def _learned(job: Job, model: nn.Module, q: QuantConfig, budget: BudgetSpec, inp
         job.console.print(f"  epoch {epoch + 1}: loss {loss:.4f}, val top-1 {val.top1:.2f}% (read-out), "
                           f"E[cost] {budget.describe(exp_cost)} vs budget {budget.describe()}, "
                           f"λ {mult.value:.3f}")
-        _save_state(job.out / rundir.RESUME, {
+        distributed.on_main(partial(save_state, job.out / rundir.RESUME, {
             "format": RESUME_FORMAT, "epoch": epoch + 1, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "multiplier": mult.state_dict(), "history": json.dumps(history),
             "plan": [asdict(p) for p in plan], "torch_rng": torch.get_rng_state(),
             "loader_rng": job.train_loader.generator.get_state(), "gate_rng": gate_gen.get_state(),
             "recipe": recipe.to_json(), "search": json.dumps(asdict(cfg)),
-        })
+        }))
     ro = readout(quantizers)
     alloc = repair(cost, ro, quantizers, cells=cfg.knapsack_cells)
     fix_allocation(model, alloc.bits)
@@ -420,6 +421,7 @@ def _search_epoch(job: Job, model: nn.Module, quantizers: dict[str, GatedSRQQuan
         reporter.advance(task, loss=loss_sum / seen, acc=100.0 * correct / seen, images=seen,
                          seconds=time.perf_counter() - start)
     reporter.finish(task)
+    loss_sum, correct, seen = distributed.sum_across([loss_sum, correct, seen])
     if seen == 0:
         raise SrqError("the training split has fewer samples than one batch")
     return loss_sum / seen, 100.0 * correct / seen, exp_value

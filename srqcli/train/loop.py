@@ -1,7 +1,8 @@
 """Training and evaluation loops shared by float pre-training and SRQ fine-tuning.
 
-Kept free of file I/O: the caller passes ``on_epoch_end`` to checkpoint, so the loop is the
-same for ``srq quantize``, benchmarks and tests.
+Kept free of file I/O: the caller passes ``after_step`` to checkpoint, so the loop is the
+same for ``srq quantize``, benchmarks and tests. Under torchrun the loops run on every process
+with its shard of the data and report metrics summed over all processes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader
 from srqcli.config import TrainConfig
 from srqcli.errors import SrqError
 from srqcli.nn.surgery import project_quantizers_, quantizer_parameters
+from srqcli.train import distributed
 from srqcli.train.progress import Reporter
 
 
@@ -69,7 +71,11 @@ def _autocast(device: torch.device, amp: bool):
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False,
              reporter: Reporter | None = None, label: str = "eval") -> EvalMetrics:
-    """Top-1/top-5 accuracy and mean cross-entropy over ``loader``."""
+    """Top-1/top-5 accuracy and mean cross-entropy over ``loader`` (all processes' shards).
+
+    ``model`` is the bare module, never the DDP wrapper: shards may differ in length by one
+    batch, and a wrapper would wait for a forward the shorter shard never runs.
+    """
     was_training = model.training
     model.eval()
     correct1 = correct5 = seen = 0
@@ -92,9 +98,10 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, amp:
     if reporter:
         reporter.finish(task)
     model.train(was_training)
+    correct1, correct5, loss_sum, seen = distributed.sum_across([correct1, correct5, loss_sum, seen])
     if seen == 0:
         raise SrqError("the validation split is empty")
-    return EvalMetrics(100.0 * correct1 / seen, 100.0 * correct5 / seen, loss_sum / seen, seen,
+    return EvalMetrics(100.0 * correct1 / seen, 100.0 * correct5 / seen, loss_sum / seen, int(seen),
                        time.perf_counter() - start)
 
 
@@ -134,23 +141,44 @@ class EpochRecord:
     seconds: float
 
 
+@dataclass
+class EpochProgress:
+    """How far an epoch has got: steps done and this process's running sums.
+
+    Saved in mid-epoch checkpoints so a resumed epoch reports the same loss and accuracy as
+    an uninterrupted one.
+    """
+
+    step: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+
+
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                 scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device, *,
                 amp: bool, reporter: Reporter | None, label: str,
-                before_step: Callable[[float], None] | None = None) -> tuple[float, float, float, float]:
+                before_step: Callable[[float], None] | None = None,
+                progress: EpochProgress | None = None,
+                after_step: Callable[[EpochProgress], None] | None = None
+                ) -> tuple[float, float, float, float]:
     """One pass over ``loader``; returns (mean loss, accuracy %, images/s, seconds).
 
     ``before_step(fraction_of_epoch_done)`` lets the caller anneal schedules (DropBits rate)
-    per step.
+    per step; ``after_step(progress)`` lets it checkpoint. To continue an interrupted epoch,
+    pass its saved ``progress`` and a loader that yields only the remaining batches.
     """
     model.train()
-    loss_sum = 0.0
-    correct = seen = 0
-    start = time.perf_counter()
-    task = reporter.start(label, len(loader)) if reporter else None
-    for i, (images, labels) in enumerate(loader):
+    progress = progress or EpochProgress()
+    total = len(loader)
+    start = time.perf_counter() - progress.seconds
+    task = reporter.start(label, total) if reporter else None
+    if reporter and progress.step:
+        reporter.progress.update(task, completed=progress.step)
+    for images, labels in loader:
         if before_step:
-            before_step(i / max(len(loader), 1))
+            before_step(progress.step / max(total, 1))
         images, labels = to_device(images, device), labels.to(device, non_blocking=True)
         with _autocast(device, amp):
             logits = model(images)
@@ -162,15 +190,21 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
         optimizer.step()
         scheduler.step()
         project_quantizers_(model)
-        loss_sum += float(loss.detach()) * labels.numel()
-        correct += int((logits.argmax(1) == labels).sum())
-        seen += labels.numel()
+        progress.step += 1
+        progress.loss_sum += float(loss.detach()) * labels.numel()
+        progress.correct += int((logits.argmax(1) == labels).sum())
+        progress.seen += labels.numel()
+        progress.seconds = time.perf_counter() - start
         if reporter:
-            reporter.advance(task, loss=loss_sum / seen, acc=100.0 * correct / seen, images=seen,
-                             seconds=time.perf_counter() - start)
+            reporter.advance(task, loss=progress.loss_sum / progress.seen,
+                             acc=100.0 * progress.correct / progress.seen, images=progress.seen,
+                             seconds=progress.seconds)
+        if after_step:
+            after_step(progress)
     if reporter:
         reporter.finish(task)
     seconds = time.perf_counter() - start
+    loss_sum, correct, seen = distributed.sum_across([progress.loss_sum, progress.correct, progress.seen])
     if seen == 0:
         raise SrqError("the training split has fewer samples than one batch")
     return loss_sum / seen, 100.0 * correct / seen, seen / seconds, seconds
@@ -204,4 +238,5 @@ def reestimate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.dev
     for bn, (momentum, training) in zip(bns, saved):
         bn.momentum = momentum
         bn.train(training)
+    distributed.average_batchnorm_(model)  # equal batch counts: the mean over every process's batches
     return used

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from srqcli import __version__
 from srqcli.config import QuantConfig, Recipe, to_toml
 from srqcli.data import DatasetBundle, DataSpec, load_datasets, make_loaders
 from srqcli.errors import SrqError
-from srqcli.io.atomic import save_torch_atomic, write_text_atomic
+from srqcli.io.atomic import write_text_atomic
 from srqcli.io.checkpoint import load_into, read_state_dict
 from srqcli.io.quantized import ModelInfo, load_model, save_model
 from srqcli.models import build_model
@@ -27,10 +27,12 @@ from srqcli.methods.registry import finish_training
 from srqcli.methods.schedule import TemperatureSchedule
 from srqcli.nn.dropbits_schedule import DropBitsSchedule
 from srqcli.nn.surgery import LayerBits, attach_quantizers, quantize_model
-from srqcli.train.loop import (EpochRecord, EvalMetrics, build_optimizer, evaluate,
+from srqcli.train import distributed
+from srqcli.train.loop import (EpochProgress, EpochRecord, EvalMetrics, build_optimizer, evaluate,
                                reestimate_batchnorm, resolve_device, train_epoch)
 from srqcli.train.progress import Reporter
 from srqcli.workflow import rundir
+from srqcli.workflow.resume import CheckpointClock, load_state, save_state
 from srqcli.report import write_report
 from srqcli.report.stats import model_totals
 
@@ -90,13 +92,18 @@ class Job:
 
     def __init__(self, recipe: Recipe, out: Path, console: Console, reporter: Reporter) -> None:
         self.recipe, self.out, self.console, self.reporter = recipe, out, console, reporter
-        self.device = resolve_device(recipe.train.device)
+        self.device = distributed.local_device(resolve_device(recipe.train.device))
         self.amp = recipe.train.amp
         seed_everything(recipe.train.seed)
         self.data = load_datasets(data_spec(recipe))
+        world = distributed.world_size()
         self.train_loader, self.val_loader = make_loaders(
-            self.data, recipe.data.batch_size, recipe.data.workers, recipe.train.seed)
+            self.data, recipe.data.batch_size, recipe.data.workers, recipe.train.seed,
+            distributed.rank() if world > 1 else 0, world)
         console.print(f"[dim]data:[/] {self.data.description}")
+        if world > 1:
+            console.print(f"[dim]distributed:[/] {world} processes, global batch "
+                          f"{recipe.data.batch_size} = {world} × {self.train_loader.batch_size}")
 
     def info(self, plan: list[LayerBits], metrics: dict[str, Any] | None = None) -> ModelInfo:
         m = self.recipe.model
@@ -111,63 +118,93 @@ class Job:
         the saved plan when resuming (the caller then loads the saved tensors)."""
         if state is None:
             batches = calibration_batches(self.train_loader, self.recipe.data.calib_batches, self.device)
-            return quantize_model(model, q, batches, seed=self.recipe.train.seed)
+            model, plan = quantize_model(model, q, batches, seed=self.recipe.train.seed,
+                                         share=distributed.gather_cat)
+            if distributed.world_size() > 1:
+                digest = distributed.check_identical(quantizer_tensors(model), "calibrated quantizers")
+                self.console.print(f"[dim]quantizers calibrated on the batches of all "
+                                   f"{distributed.world_size()} processes: identical on every "
+                                   f"process (sha256 {digest})[/]")
+            return model, plan
         plan = [LayerBits(**p) for p in state["plan"]]
         attach_quantizers(model, plan, q)
         return model, plan
 
-    def fit(self, model: nn.Module, epochs: int, lr: float, label: str, *, start_epoch: int = 0,
+    def fit(self, model: nn.Module, epochs: int, lr: float, label: str, *,
             resume_state: dict[str, Any] | None = None, schedule: DropBitsSchedule | None = None,
-            anneal: TemperatureSchedule | None = None, on_epoch_end=None) -> list[EpochRecord]:
-        """Train ``epochs`` epochs (continuing from ``resume_state`` when given); ``schedule``
-        and ``anneal`` set the DropBits rate and a baseline's temperature before each step."""
-        steps = epochs * len(self.train_loader)
-        optimizer, scheduler = build_optimizer(model, self.recipe.train, lr, steps)
+            anneal: TemperatureSchedule | None = None, checkpoint: Checkpointer | None = None
+            ) -> list[EpochRecord]:
+        """Train ``epochs`` epochs, continuing mid-epoch from ``resume_state`` when given.
+
+        ``schedule`` and ``anneal`` set the DropBits rate and a baseline's temperature before
+        each step. ``checkpoint`` is called between steps when the recipe's checkpoint clock
+        says so and after the last step of every epoch, with the progress summed over processes.
+        """
+        steps_per_epoch = len(self.train_loader)
+        optimizer, scheduler = build_optimizer(model, self.recipe.train, lr, epochs * steps_per_epoch)
+        trainee = distributed.wrap(model, self.device)
         history: list[EpochRecord] = []
+        start_epoch, progress = 0, None
         if resume_state is not None:
             optimizer.load_state_dict(resume_state["optimizer"])
             scheduler.load_state_dict(resume_state["scheduler"])
             history = [EpochRecord(**h) for h in resume_state["history"]]
+            start_epoch = resume_state["epoch"]
+            saved = EpochProgress(**resume_state["progress"])
+            # The saved sums are global: rank 0 carries them, the others start from zero.
+            progress = saved if distributed.is_main() else EpochProgress(saved.step, seconds=saved.seconds)
+            self.train_loader.sampler.replay(resume_state["sampler_pass"],
+                                             saved.step * self.train_loader.batch_size)
+        clock = CheckpointClock(self.recipe.train.checkpoint_every, self.recipe.train.checkpoint_minutes)
         for epoch in range(start_epoch, epochs):
-            self.train_loader.sampler.set_epoch(epoch)
             hooks = [s.hook(epoch, epochs) for s in (schedule, anneal) if s]
             hook = (lambda f, hooks=hooks: [h(f) for h in hooks]) if hooks else None
+
+            def after_step(p: EpochProgress, epoch: int = epoch) -> None:
+                if checkpoint and clock.due(p.step == steps_per_epoch):
+                    loss_sum, correct, seen = distributed.sum_across([p.loss_sum, p.correct, p.seen])
+                    checkpoint(epoch, EpochProgress(p.step, loss_sum, int(correct), int(seen), p.seconds),
+                               optimizer, scheduler, history)
+
             loss, acc, ips, secs = train_epoch(
-                model, self.train_loader, optimizer, scheduler, self.device, amp=self.amp,
-                reporter=self.reporter, label=f"{label} {epoch + 1}/{epochs}", before_step=hook)
+                trainee, self.train_loader, optimizer, scheduler, self.device, amp=self.amp,
+                reporter=self.reporter, label=f"{label} {epoch + 1}/{epochs}", before_step=hook,
+                progress=progress, after_step=after_step)
+            progress = None
+            distributed.average_batchnorm_(model)
             val = evaluate(model, self.val_loader, self.device, amp=self.amp,
                            reporter=self.reporter, label="  val")
             history.append(EpochRecord(epoch + 1, loss, acc, val.top1, val.top5, val.loss, ips, secs))
             self.console.print(f"  epoch {epoch + 1}: train loss {loss:.4f}, val top-1 {val.top1:.2f}%")
-            if on_epoch_end:
-                on_epoch_end(epoch + 1, optimizer, scheduler, history)
         return history
 
 
+#: ``checkpoint(epoch, progress, optimizer, scheduler, history)`` writes the resume state.
+Checkpointer = Callable[[int, EpochProgress, torch.optim.Optimizer,
+                         torch.optim.lr_scheduler.LRScheduler, list[EpochRecord]], None]
+RESUME_FORMAT = "srq.resume"
+
+
+def quantizer_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """Every quantizer parameter and buffer (steps, σ, signedness), in state_dict order."""
+    return [v for k, v in model.state_dict().items() if "_quant." in k]
+
+
 def _save_resume(path: Path, model: nn.Module, optimizer, scheduler, epoch: int,
-                 history: list[EpochRecord], plan: list[LayerBits], job: Job,
-                 schedule: DropBitsSchedule | None) -> None:
-    state = {
-        "format": "srq.resume", "epoch": epoch, "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "history": [asdict(h) for h in history], "plan": [asdict(p) for p in plan],
-        "torch_rng": torch.get_rng_state(),
-        "loader_rng": job.train_loader.generator.get_state(),
+                 progress: EpochProgress, history: list[EpochRecord], plan: list[LayerBits],
+                 job: Job, schedule: DropBitsSchedule | None) -> None:
+    """Everything a resumed run needs to continue bit-identically after ``progress.step``
+    steps of ``epoch`` (0-based). The data position is the sampler's pass state plus the
+    step: the resumed run redraws the same order and skips the batches already trained on."""
+    save_state(path, {
+        "format": RESUME_FORMAT, "epoch": epoch, "progress": asdict(progress),
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "history": [asdict(h) for h in history],
+        "plan": [asdict(p) for p in plan], "torch_rng": torch.get_rng_state(),
+        "sampler_pass": job.train_loader.sampler.pass_state,
         "dropbits_rng": schedule.generator.get_state() if schedule else None,
         "recipe": job.recipe.to_json(),
-    }
-    save_torch_atomic(state, path)
-
-
-def _load_resume(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any damage: truncated zip, bad pickle opcodes…
-        raise SrqError(f"resume checkpoint {path} is damaged ({type(exc).__name__}); "
-                       "delete it and start over with --overwrite") from exc
-    if not isinstance(state, dict) or state.get("format") != "srq.resume":
-        raise SrqError(f"{path} is not an srq resume checkpoint")
-    return state
+    })
 
 
 def read_start_weights(recipe: Recipe, *, trust_pickle: bool, job: str) -> dict | nn.Module | None:
@@ -196,67 +233,75 @@ def float_start(job: Job, model: nn.Module) -> tuple[nn.Module, EvalMetrics]:
 def pretrain_float(job: Job, model: nn.Module) -> nn.Module:
     """Train the float model first (the built-in example and benchmarks start from scratch)."""
     path = job.out / rundir.FLOAT
-    if path.is_file():  # resumed run: reuse the float start written before
-        return load_model(path)[0].to(job.device)
+    # A resumed run reuses the float start written before (read on rank 0, sent to all).
+    saved = distributed.on_main(lambda: load_model(path)[0].state_dict() if path.is_file() else None)
+    if saved is not None:
+        model.load_state_dict(saved)
+        return model
     m = job.recipe.model
     job.console.print(f"[bold]Training the float {m.arch}[/] for {m.pretrain_epochs} epochs "
                       "(no --checkpoint given)")
     job.fit(model, m.pretrain_epochs, m.pretrain_lr, "float")
-    save_model(path, model, job.info([]))
+    distributed.on_main(lambda: save_model(path, model, job.info([])))
     return model
 
 
 def run_quantize(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bool = False,
                  trust_pickle: bool = False, console: Console | None = None,
                  show_progress: bool = True) -> QuantizeResult:
-    """Quantize the recipe's model with SRQ (+ DropBits) and write a run directory."""
+    """Quantize the recipe's model with SRQ (+ DropBits) and write a run directory.
+
+    Under torchrun every process trains on its shard; rank 0 alone writes and reports.
+    """
     console = console or Console(stderr=True)
-    created = not out.exists()
-    rundir.prepare(out, resume=resume, overwrite=overwrite)
-    try:
-        return _run(recipe, out, resume, overwrite, trust_pickle, console, show_progress)
-    except BaseException:
-        if created and out.is_dir() and not any(p.is_file() for p in out.rglob("*")):
-            shutil.rmtree(out, ignore_errors=True)  # leave nothing behind for a failed fresh run
-        raise
+    with distributed.session(distributed.local_device(resolve_device(recipe.train.device))):
+        if not distributed.is_main():
+            console, show_progress = Console(stderr=True, quiet=True), False
+        created = distributed.on_main(lambda: rundir.claim(out, resume=resume, overwrite=overwrite))
+        try:
+            return _run(recipe, out, resume, overwrite, trust_pickle, console, show_progress)
+        except BaseException:
+            if distributed.is_main():
+                rundir.abandon(out, created)  # leave nothing behind for a failed fresh run
+            raise
 
 
 def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle: bool,
          console: Console, show_progress: bool) -> QuantizeResult:
-    state = _load_resume(out / rundir.RESUME) if resume else None
-    if state is not None:
+    state = None
+    if resume:
+        state = distributed.on_main(lambda: load_state(out / rundir.RESUME, RESUME_FORMAT, "srq"))
         from srqcli.config import recipe_from_dict
 
         recipe = recipe_from_dict(json.loads(state["recipe"]))
-        console.print(f"[dim]resuming {out} after epoch {state['epoch']} with its saved recipe[/]")
+        console.print(f"[dim]resuming {out} at epoch {state['epoch'] + 1}, step "
+                      f"{state['progress']['step']}, with its saved recipe[/]")
     elif overwrite:
-        rundir.clear(out)
+        distributed.on_main(lambda: rundir.clear(out))
     started = time.perf_counter()
     weights = read_start_weights(recipe, trust_pickle=trust_pickle, job="quantizes")
     with Reporter(console, enabled=show_progress) as reporter:
         job = Job(recipe, out, console, reporter)
         model = build_float_model(recipe, job.data, weights).to(job.device)
-        write_text_atomic(out / rundir.RECIPE, to_toml(recipe))
+        distributed.on_main(lambda: write_text_atomic(out / rundir.RECIPE, to_toml(recipe)))
         model, float_metrics = float_start(job, model)
 
         model, plan = job.quantize(model, recipe.quant, state)
         if state is not None:
             model.load_state_dict(state["model"])
             torch.set_rng_state(state["torch_rng"])
-            job.train_loader.generator.set_state(state["loader_rng"])
         model.to(job.device)
         schedule = DropBitsSchedule.attach(model, recipe.dropbits, recipe.train.seed)
         if schedule and state is not None and state["dropbits_rng"] is not None:
             schedule.generator.set_state(state["dropbits_rng"])
 
-        def checkpoint(epoch, optimizer, scheduler, history):
-            _save_resume(out / rundir.RESUME, model, optimizer, scheduler, epoch, history, plan,
-                         job, schedule)
+        def checkpoint(epoch, progress, optimizer, scheduler, history):
+            distributed.on_main(lambda: _save_resume(out / rundir.RESUME, model, optimizer, scheduler,
+                                                     epoch, progress, history, plan, job, schedule))
 
         history = job.fit(model, recipe.train.epochs, recipe.train.lr, recipe.quant.method,
-                          start_epoch=state["epoch"] if state else 0, resume_state=state,
-                          schedule=schedule, anneal=TemperatureSchedule.attach(model, recipe.quant),
-                          on_epoch_end=checkpoint)
+                          resume_state=state, schedule=schedule,
+                          anneal=TemperatureSchedule.attach(model, recipe.quant), checkpoint=checkpoint)
         hardened = finish_training(model)  # SLB: the argmax weights; BatchNorm must follow
         if schedule or hardened:
             if schedule:
@@ -278,9 +323,14 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle:
         "sizes": sizes,
         "seconds": time.perf_counter() - started,
         "device": str(job.device),
+        "processes": distributed.world_size(),
     }
-    save_model(out / rundir.MODEL, model.cpu(),
-               job.info(plan, {"float_top1": float_metrics.top1, "top1": quant_metrics.top1}))
-    write_text_atomic(out / rundir.METRICS, json.dumps(metrics, indent=2) + "\n")
-    write_report(model, out, info=job.info(plan), metrics=metrics, source=str(out / rundir.MODEL))
+
+    def write_outputs() -> None:
+        save_model(out / rundir.MODEL, model.cpu(),
+                   job.info(plan, {"float_top1": float_metrics.top1, "top1": quant_metrics.top1}))
+        write_text_atomic(out / rundir.METRICS, json.dumps(metrics, indent=2) + "\n")
+        write_report(model, out, info=job.info(plan), metrics=metrics, source=str(out / rundir.MODEL))
+
+    distributed.on_main(write_outputs)
     return QuantizeResult(out, float_metrics, quant_metrics, plan, history, sizes)

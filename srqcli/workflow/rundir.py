@@ -15,6 +15,7 @@ Checked before any work starts, so a typo in ``--out`` fails in a second, not af
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -54,6 +55,19 @@ def prepare(out: Path, *, resume: bool, overwrite: bool) -> Path:
     except OSError as exc:
         raise SrqError(f"output folder {out} is not writable: {exc.strerror or exc}") from exc
     return out
+
+
+def claim(out: Path, *, resume: bool, overwrite: bool) -> bool:
+    """:func:`prepare` ``out``; return whether it did not exist before (see :func:`abandon`)."""
+    created = not out.exists()
+    prepare(out, resume=resume, overwrite=overwrite)
+    return created
+
+
+def abandon(out: Path, created: bool) -> None:
+    """After a failed run: remove ``out`` if the run created it and wrote no file into it."""
+    if created and out.is_dir() and not any(p.is_file() for p in out.rglob("*")):
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def clear(out: Path) -> None:

@@ -121,7 +121,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, float_ckpt, 
     cfg = SearchConfig(budget="avg-bits=3.0", gate_lr=0.2)
     full = run_search(_recipe(float_ckpt, epochs=2), cfg, tmp_path / "full", show_progress=False)
 
-    real = wf._save_state
+    real = wf.save_state
     calls = {"n": 0}
 
     def save_then_crash(*a, **k):
@@ -130,12 +130,12 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, float_ckpt, 
         if calls["n"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(wf, "_save_state", save_then_crash)
+    monkeypatch.setattr(wf, "save_state", save_then_crash)
     part = tmp_path / "part"
     with pytest.raises(KeyboardInterrupt):
         run_search(_recipe(float_ckpt, epochs=2), cfg, part, show_progress=False)
     assert not (part / "bits.toml").exists()
-    monkeypatch.setattr(wf, "_save_state", real)
+    monkeypatch.setattr(wf, "save_state", real)
     resumed = run_search(_recipe(float_ckpt, epochs=2), cfg, part, resume=True, show_progress=False)
     assert resumed.allocation.bits == full.allocation.bits
     assert resumed.history == full.history  # expected bits, λ, losses: identical

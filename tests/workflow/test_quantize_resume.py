@@ -1,44 +1,106 @@
-"""Resume: a run interrupted after an epoch and continued with --resume ends bit-identical."""
+"""Resume: a run interrupted at any step and continued with --resume ends bit-identical."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from conftest import quick_recipe
+from srqcli.config import to_toml
 from srqcli.errors import SrqError
 from srqcli.workflow import quantize as qmod
+from srqcli.workflow import rundir
 from srqcli.workflow.quantize import run_quantize
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS_PER_EPOCH = 1437 // 64  # the digits example: 1437 training images, batch 64
+
+
+def assert_same_weights(a_dir: Path, b_dir: Path) -> None:
+    a = load_file(str(a_dir / rundir.MODEL))
+    b = load_file(str(b_dir / rundir.MODEL))
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different
+
+
+def history(run: Path) -> list[tuple[float, float, float]]:
+    """Per-epoch train loss, train accuracy and val top-1 (not the timings)."""
+    metrics = json.loads((run / rundir.METRICS).read_text())
+    return [(h["train_loss"], h["train_acc"], h["val_top1"]) for h in metrics["history"]]
 
 
 @pytest.mark.slow
-def test_resume_after_interrupt_is_bit_identical(tmp_path, monkeypatch):
-    recipe = quick_recipe(train__epochs=3)
+def test_resume_mid_epoch_after_interrupt_is_bit_identical(tmp_path, monkeypatch, eager_srq):
     full = tmp_path / "full"
-    run_quantize(recipe, full, show_progress=False)
+    run_quantize(quick_recipe(train__epochs=2), full, show_progress=False)
 
     real_save = qmod._save_resume
-    calls = {"n": 0}
+    saved_steps: list[tuple[int, int]] = []
 
-    def save_then_crash(*args, **kwargs):
-        real_save(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:  # killed right after the checkpoint of epoch 2
+    def save_then_crash(path, model, optimizer, scheduler, epoch, progress, *args):
+        real_save(path, model, optimizer, scheduler, epoch, progress, *args)
+        saved_steps.append((epoch, progress.step))
+        if (epoch, progress.step) == (1, 10):  # killed between steps 10 and 11 of epoch 2
             raise KeyboardInterrupt
 
     monkeypatch.setattr(qmod, "_save_resume", save_then_crash)
     part = tmp_path / "part"
     with pytest.raises(KeyboardInterrupt):
-        run_quantize(quick_recipe(train__epochs=3), part, show_progress=False)
-    assert not (part / "model.safetensors").exists()  # nothing final written by the crashed run
+        run_quantize(quick_recipe(train__epochs=2, train__checkpoint_every=5), part,
+                     show_progress=False)
+    assert saved_steps == [(0, 5), (0, 10), (0, 15), (0, 20), (0, STEPS_PER_EPOCH), (1, 5), (1, 10)]
+    assert not (part / rundir.MODEL).exists()  # nothing final written by the crashed run
     monkeypatch.setattr(qmod, "_save_resume", real_save)
-    run_quantize(quick_recipe(train__epochs=3), part, resume=True, show_progress=False)
+    run_quantize(quick_recipe(), part, resume=True, show_progress=False)  # the saved recipe wins
 
-    a = load_file(str(full / "model.safetensors"))
-    b = load_file(str(part / "model.safetensors"))
-    assert a.keys() == b.keys()
-    different = [k for k in a if not (a[k] == b[k]).all()]
-    assert not different, different
+    assert_same_weights(full, part)
+    assert history(full) == history(part)
+
+
+def _quantize_cmd(recipe: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "srqcli", "quantize", "example", "--recipe", str(recipe),
+            "--out", str(out), "--quiet", *extra]
+
+
+def _env() -> dict[str, str]:
+    # Same settings for every process so the uninterrupted and resumed runs compute alike.
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "SRQ_FUSED": "0"}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(to_toml(quick_recipe(train__epochs=2, train__checkpoint_every=3)))
+    full, part = tmp_path / "full", tmp_path / "part"
+    subprocess.run(_quantize_cmd(recipe, full), env=_env(), check=True, capture_output=True)
+
+    proc = subprocess.Popen(_quantize_cmd(recipe, part), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = part / rundir.RESUME
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert state["epoch"] == 0 and 0 < state["progress"]["step"] < STEPS_PER_EPOCH  # mid-epoch
+    assert not (part / rundir.MODEL).exists()
+
+    subprocess.run(_quantize_cmd(recipe, part, "--resume"), env=_env(), check=True,
+                   capture_output=True)
+    assert_same_weights(full, part)
+    assert history(full) == history(part)
 
 
 def test_resume_rejects_damaged_checkpoint(tmp_path):
@@ -47,3 +109,8 @@ def test_resume_rejects_damaged_checkpoint(tmp_path):
     (out / "checkpoints" / "last.pt").write_bytes(b"garbage")
     with pytest.raises(SrqError, match="damaged"):
         run_quantize(quick_recipe(), out, resume=True, show_progress=False)
+
+
+def test_checkpoint_settings_are_validated():
+    with pytest.raises(SrqError, match="checkpoint_every"):
+        quick_recipe(train__checkpoint_every=-1)
