@@ -71,7 +71,7 @@ class CheckedImageFolder(ImageFolder):
                 image = self.loader(path)
             # The loader's only input is the user's file: whatever it raises (PIL's OSError,
             # SyntaxError, ValueError, DecompressionBombError, ...) means "unreadable".
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001
                 self._unreadable(candidate, path, exc)
                 continue
             return self.transform(image), target

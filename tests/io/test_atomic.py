@@ -13,8 +13,13 @@ from conftest import leftovers
 from safetensors.torch import load_file
 
 from srqcli.errors import SrqError
-from srqcli.io.atomic import (atomic_path, save_safetensors_atomic, save_torch_atomic,
-                              write_bytes_atomic, write_text_atomic)
+from srqcli.io.atomic import (
+    atomic_path,
+    save_safetensors_atomic,
+    save_torch_atomic,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 
 TENSORS = {"w": torch.arange(4096, dtype=torch.float32)}
 WRITERS = {
@@ -149,10 +154,10 @@ def test_permission_error_names_the_fix(tmp_path: Path, monkeypatch) -> None:
 
 def test_library_error_caused_by_the_os_is_reported_as_such(tmp_path: Path) -> None:
     # torch.save wraps a failed write in a RuntimeError whose context is the OSError.
-    with pytest.raises(SrqError, match="Read-only file system; choose another output location"):
-        with atomic_path(tmp_path / "x.pt"):
-            try:
-                raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-            except OSError:
-                raise RuntimeError("unexpected pos 704 vs 598")
+    with (pytest.raises(SrqError, match="Read-only file system; choose another output location"),
+          atomic_path(tmp_path / "x.pt")):
+        try:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        except OSError:
+            raise RuntimeError("unexpected pos 704 vs 598")  # what torch.save raises
     assert list(tmp_path.iterdir()) == []

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import json
 import random
 import signal
 from collections import Counter
@@ -132,7 +131,7 @@ def retag_metadata(path: Path, rng: random.Random) -> tuple[str, bytes]:
     """An srq model file whose metadata was edited: values of the wrong kind or range."""
     with safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata())
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
     key = rng.choice(["arch", "num_classes", "in_channels", "image_size", "plan", "recipe",
                       "format_version", "normalization", "metrics", "layers"])
     meta[key] = rng.choice(["", "nope", "-3", "0", "1e9", "[]", "{}", "null", '[{"name": 1}]',
