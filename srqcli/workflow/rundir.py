@@ -65,8 +65,13 @@ def claim(out: Path, *, resume: bool, overwrite: bool) -> bool:
 
 
 def abandon(out: Path, created: bool) -> None:
-    """After a failed run: remove ``out`` if the run created it and wrote no file into it."""
-    if created and out.is_dir() and not any(p.is_file() for p in out.rglob("*")):
+    """After a failed run: remove ``out`` if the run created it and left nothing to resume.
+
+    What a run writes before its first resume checkpoint (``recipe.toml``, the float start)
+    cannot be continued with ``--resume`` and would only make the next attempt need
+    ``--overwrite``; once a checkpoint exists, the folder is the way to resume.
+    """
+    if created and out.is_dir() and not (out / RESUME).is_file():
         shutil.rmtree(out, ignore_errors=True)
 
 

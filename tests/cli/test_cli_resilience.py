@@ -79,3 +79,20 @@ def test_eval_strict_fails_on_an_unreadable_image(images_with_a_damaged_one) -> 
     result = runner.invoke(app, ["eval", "resnet20", "-c", str(weights), "--data", str(root),
                                  "--strict", "--quiet"])
     one_error_line(result, f"unreadable image {root / 'val' / 'b' / '0.png'}")
+
+
+def test_strict_failure_in_a_fresh_quantize_run_leaves_no_folder(images_with_a_damaged_one,
+                                                                 tmp_path: Path) -> None:
+    # The damaged image is met after recipe.toml is written, before any resume checkpoint.
+    root, _ = images_with_a_damaged_one
+    damaged = root / "train" / "a" / "1.png"
+    damaged.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text('version = 1\n[model]\narch = "resnet20"\npretrain_epochs = 1\n'
+                      "[data]\nimage_size = 8\nbatch_size = 2\ncalib_batches = 1\n"
+                      "[train]\nepochs = 1\nfused = false\n")
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["quantize", "resnet20", "--recipe", str(recipe), "--data",
+                                 str(root), "--strict", "--out", str(out), "--quiet"])
+    one_error_line(result, f"unreadable image {damaged}")
+    assert not out.exists() and leftovers(tmp_path) == []
