@@ -96,3 +96,14 @@ def test_strict_failure_in_a_fresh_quantize_run_leaves_no_folder(images_with_a_d
                                  str(root), "--strict", "--out", str(out), "--quiet"])
     one_error_line(result, f"unreadable image {damaged}")
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_existing_run_is_not_replaced_without_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"previous run")
+    result = runner.invoke(app, ["quantize", "example", "--out", str(out), "--epochs", "1",
+                                 "--pretrain-epochs", "1", "--quiet"])
+    one_error_line(result, "is not empty; pass --overwrite")
+    assert [p.name for p in out.iterdir()] == ["model.safetensors"]
+    assert (out / "model.safetensors").read_bytes() == b"previous run"
