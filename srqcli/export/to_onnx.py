@@ -20,6 +20,12 @@ the container's saturation at 0, a ReLU6 is a tighter clip bound, and max-pool/f
 with a monotone elementwise quantizer. A conv whose output is read in float (a residual add,
 average pooling, the logits) keeps a float bias and runs as ``DQ → Conv``.
 
+A fused layer's bias is rounded by onnxruntime to the int32 accumulator grid
+``x_scale·w_scale``; to keep that rounding far below PyTorch's float bias, such layers store
+their weight codes times a per-channel integer and their (unsigned) input codes shifted left
+(``BitShift``), scales divided to match: same values, a grid up to ~500× finer
+(:mod:`srqcli.export.accumulator`).
+
 ``packed``: the same graph with weight initializers stored at their true width where the
 opset allows: INT4 (opset ≥ 21) for 3–4-bit weights, INT2 (opset ≥ 25) for 2-bit weights
 (INT4 below opset 25), int8 for 5–8 bits. onnxruntime executes these with float kernels after
@@ -43,6 +49,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import fx, nn
 
 from srqcli.errors import SrqError
+from srqcli.export.accumulator import CodeScaling, plan_code_scaling
 from srqcli.export.encodings import ActEncoding, FrozenLayer, FrozenModel, bn_affine
 from srqcli.export.graph import TracedModel
 from srqcli.export.packing import pack_bits
@@ -238,6 +245,23 @@ class _Builder:
         # inputs, behind a float Clip (see quantize_act).
         self.placements, self.absorbed = plan_placements(traced, frozen) if layout == "qdq" else ({}, set())
         self.stats = OnnxStats()
+        self.scaling = self.plan_scaling() if layout == "qdq" else {}
+
+    def plan_scaling(self) -> dict[fx.Node, CodeScaling]:
+        """Code scaling (:mod:`srqcli.export.accumulator`) of every layer onnxruntime will fuse
+        with a bias: those are the layers whose bias it rounds to int32."""
+        ranges = {pl.consumer: (pl.lo, pl.hi) for pl in self.placements.values()}
+        plans = {}
+        for node in self.traced.gm.graph.nodes:
+            fl = self.frozen.layers.get(str(node.target)) if node.op == "call_module" else None
+            if fl is None or fl.deploy_bias is None:
+                continue
+            if not (self.output_quantized(node) or fl.name in self.requant):
+                continue
+            lo, hi = ranges.get(node, (fl.act.grid.kmin, fl.act.grid.kmax))
+            plans[node] = plan_code_scaling(fl.deploy_codes.numpy(), fl.scale.numpy(), fl.deploy_bias.numpy(),
+                                            fl.act.step, hi, _zero_point(lo))
+        return plans
 
     # -- naming and constants ----------------------------------------------------------------
     def fresh(self, base: str) -> str:
@@ -274,7 +298,7 @@ class _Builder:
 
     # -- quantization ------------------------------------------------------------------------
     def quantize_act(self, x: str, enc: ActEncoding, lo: int, hi: int, base: str, *,
-                     clip: bool = True) -> str:
+                     clip: bool = True, shift: int = 0) -> str:
         """Quantize ``x`` to codes ``lo…hi`` of step ``enc.step``; returns the DQ output.
 
         ``Q`` (uint8 container, zero point 0 or 128, saturating) then, when ``lo…hi`` is
@@ -283,16 +307,19 @@ class _Builder:
         fusion of a producing ``Conv → Q`` and a consuming ``DQ → Conv`` (a float ``Clip``
         between conv and ``Q`` blocks it) and costs one cheap byte-wise pass instead of the
         three float passes of ``DQ → Clip → Q`` (ResNet-20 W4A4, batch 1: 0.60 → 0.43 ms).
+
+        ``shift`` (unsigned codes only) stores the codes ``<< shift`` with the step divided by
+        ``2^shift`` (same values), for a fused layer's finer bias grid (:mod:`.accumulator`).
         """
         offset = _zero_point(lo)
-        scale = self.const(np.array(enc.step, dtype=np.float32), "act_scale")
+        step = np.float32(enc.step)
+        scale = self.const(np.array(step, dtype=np.float32), "act_scale")
         zp = self.const(np.array(offset, dtype=np.uint8), f"zp_u8_{offset}")
         if self.layout == "packed":
             # Float Clip to (lo+¼)α … (hi−¼)α before Q: rounds to exactly the same codes, and,
             # being narrower than Q's range, onnxruntime cannot drop it, so no producing conv
             # is fused into QLinearConv (1.32 does that for INT2 weights, then refuses the
             # graph it built).
-            step = np.float32(enc.step)
             bounds = [self.const(np.array((lo + 0.25) * step, dtype=np.float32), "clip_lo"),
                       self.const(np.array((hi - 0.25) * step, dtype=np.float32), "clip_hi")]
             x = self.op("Clip", [x, *bounds], f"{base}.clip")
@@ -302,14 +329,23 @@ class _Builder:
             bounds = [self.const(np.array(lo + offset, dtype=np.uint8), "code_lo"),
                       self.const(np.array(hi + offset, dtype=np.uint8), "code_hi")]
             q = self.op("Clip", [q, *bounds], f"{base}.clip")
+        if shift:
+            q = self.op("BitShift", [q, self.const(np.array(shift, dtype=np.uint8), "shift")], f"{base}.shift",
+                        direction="LEFT")
+            scale = self.const(np.array(step / np.float32(1 << shift), dtype=np.float32), "act_scale")
         return self.op("DequantizeLinear", [q, scale, zp], f"{base}.dq")
 
-    def weight(self, fl: FrozenLayer) -> tuple[str, np.ndarray]:
-        """Dequantized weight tensor name; returns also the float32 per-channel scale used."""
+    def weight(self, fl: FrozenLayer, scaling: CodeScaling | None = None) -> str:
+        """Dequantized weight tensor name; ``scaling`` multiplies the codes per channel and
+        divides the scales by the same factors."""
         packed = self.layout == "packed"
         codes = (fl.codes if packed else fl.deploy_codes).numpy()
         # packed: trained codes, a negative γ stays in the scale (INT4 cannot hold −(−8))
         scale = (fl.signed_scale if packed else fl.scale).numpy().astype(np.float32)
+        if scaling is not None:
+            mult = scaling.weight_mult
+            codes = codes * mult.reshape(-1, *([1] * (codes.ndim - 1)))
+            scale = (scale / mult.astype(np.float32)).astype(np.float32)
         per_channel = fl.per_channel or fl.bn is not None or len(np.unique(scale)) > 1
         base = f"{fl.name}.weight"
         bits = fl.weight_bits
@@ -332,12 +368,12 @@ class _Builder:
             zp = self.raw_init(f"{base}.zero_point", dtype, [n] if per_channel else [], zp_raw)
         s = self.init(f"{base}.scale", scale if per_channel else np.array(scale[0], dtype=np.float32))
         attrs = {"axis": 0} if per_channel else {}
-        return self.op("DequantizeLinear", [q, s, zp], base, **attrs), scale
+        return self.op("DequantizeLinear", [q, s, zp], base, **attrs)
 
     def bias(self, fl: FrozenLayer) -> str | None:
-        """Float bias. onnxruntime quantizes it to int32 itself when it fuses the layer; an
-        int32 bias in the graph would round it for ``ORT_DISABLE_ALL`` too (≈1% code flips
-        against PyTorch, measured on LeNet-5) without making fusion any better."""
+        """Float bias. onnxruntime quantizes it to int32 itself when it fuses the layer (on the
+        grid that :meth:`plan_scaling` makes fine); an int32 bias in the graph would round it
+        for ``ORT_DISABLE_ALL`` too without making fusion any better."""
         if fl.deploy_bias is None:
             return None
         return self.init(f"{fl.name}.bias", fl.deploy_bias.numpy().astype(np.float32))
@@ -355,12 +391,13 @@ class _Builder:
 
     def quant_layer(self, node: fx.Node, fl: FrozenLayer) -> str:
         x = self.quantized_input.get(node)
+        scaling = self.scaling.get(node)
         if x is None:
             x = self.quantize_act(self.value(node.args[0]), fl.act, fl.act.grid.kmin, fl.act.grid.kmax,
-                                  f"{fl.name}.input")
+                                  f"{fl.name}.input", shift=scaling.act_shift if scaling else 0)
         fused = self.output_quantized(node)
         (self.stats.fused_candidates if fused else self.stats.float_output_layers).append(fl.name)
-        w, _ = self.weight(fl)
+        w = self.weight(fl, scaling)
         b = self.bias(fl)
         inputs = [x, w] + ([b] if b else [])
         requant = not fused and fl.name in self.requant
@@ -617,16 +654,14 @@ class _Builder:
         """Emit a moved quantizer on ``y`` and the transparent ops after it."""
         pl = self.placements[node]
         base = f"{pl.consumer.target}.input"
-        x = self.quantize_act(y, pl.encoding, pl.lo, pl.hi, base)
-        moved = False
-        for c in pl.chain:
-            op = classify(c, self.traced)
-            if op.kind in ("relu", "clip", "noop"):
-                continue  # absorbed into the code range
-            x = self.transparent(c, op, x, f"{base}.{c.name}")
-            moved = True
-        if moved:  # data movement on grid values: re-quantize (exact) so the layer sees DQ
-            x = self.quantize_act(x, pl.encoding, pl.lo, pl.hi, f"{base}.re", clip=False)
+        scaling = self.scaling.get(pl.consumer)
+        shift = scaling.act_shift if scaling else 0
+        moves = [c for c in pl.chain if classify(c, self.traced).kind not in ("relu", "clip", "noop")]
+        x = self.quantize_act(y, pl.encoding, pl.lo, pl.hi, base, shift=0 if moves else shift)
+        for c in moves:  # relu/clip/noop are absorbed into the code range
+            x = self.transparent(c, classify(c, self.traced), x, f"{base}.{c.name}")
+        if moves:  # data movement on grid values: re-quantize (exact) so the layer sees DQ
+            x = self.quantize_act(x, pl.encoding, pl.lo, pl.hi, f"{base}.re", clip=False, shift=shift)
         self.quantized_input[pl.consumer] = x
 
 

@@ -20,14 +20,14 @@ What must hold (gates), and why the tolerances are not zero:
    among millions of activations, amplified by random BatchNorm gains, left 95–98% of outputs
    within 1 step.
 2. Default level vs the **integer reference**: ≥ 90% within 1 step. To fuse a layer
-   onnxruntime rounds its float bias to the int32 accumulator grid (step ``α_x·scale_c``, done
-   at its basic level), a genuine deviation from the float-bias PyTorch model of up to half
-   an accumulator step that flips ~1% of the next layer's codes (and, in an untrained network,
-   is amplified layer after layer). The integer reference is the graph after onnxruntime's
-   basic optimisations (biases rounded, nothing fused yet) run with optimisations off;
-   comparing with it isolates the fused integer kernels (measured: 0 steps apart in LeNet-5,
-   MobileNet-V2 and ResNet-20; 98% of outputs within one step in a randomised ResNet-18,
-   from one tie).
+   onnxruntime rounds its float bias to the int32 accumulator grid (done at its basic level),
+   a genuine deviation from the float-bias PyTorch model. The export makes that grid 100–500×
+   finer at 2–4 bits (:mod:`srqcli.export.accumulator`), but a trained low-bit network
+   amplifies even rare code flips layer after layer, so the default level is held to the
+   integer reference: the graph after onnxruntime's basic optimisations (biases rounded,
+   nothing fused yet) run with optimisations off; comparing with it isolates the fused integer
+   kernels (measured: 0 steps apart in LeNet-5, MobileNet-V2 and ResNet-20; 98% of outputs
+   within one step in a randomised ResNet-18, from one tie).
 3. With real data (``--data``) top-1 agreement is gated too: ≥ 99% for 1 and 2, and the
    default level vs PyTorch ≥ ``DEFAULT_TOP1``. (On random inputs to an untrained model the
    logits are nearly tied and top-1 agreement is noise, so it is reported, not gated.)
