@@ -80,7 +80,8 @@ def _env() -> dict[str, str]:
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     recipe = tmp_path / "recipe.toml"
-    recipe.write_text(to_toml(quick_recipe(train__epochs=2, train__checkpoint_every=3)))
+    recipe.write_text(to_toml(quick_recipe(model__pretrain_epochs=1, train__epochs=2,
+                                           train__checkpoint_every=3)))
     full, part = tmp_path / "full", tmp_path / "part"
     subprocess.run(_quantize_cmd(recipe, full), env=_env(), check=True, capture_output=True)
 
