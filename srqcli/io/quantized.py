@@ -26,7 +26,7 @@ from srqcli import __version__
 from srqcli.config import Recipe, recipe_from_dict
 from srqcli.errors import SrqError, short_reason
 from srqcli.io.atomic import save_safetensors_atomic
-from srqcli.models import build_model
+from srqcli.models import build_model, check_input_size
 from srqcli.nn.surgery import LayerBits, rebuild_quantized
 
 FORMAT_VERSION = 1
@@ -134,6 +134,10 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, ModelInfo]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise SrqError(f"{path} is not a valid safetensors file: {short_reason(exc)}") from exc
     model = build_model(info.arch, info.num_classes, info.in_channels)
+    try:
+        check_input_size(model, info.in_channels, info.image_size)
+    except SrqError as exc:
+        raise _damaged(path, f"image_size: {exc}") from exc
     if info.quantized:
         rebuild_quantized(model, info.plan, info.recipe.quant)
     missing, unexpected = _diff_keys(model, tensors)

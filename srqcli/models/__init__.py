@@ -9,10 +9,11 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 
+import torch
 import torchvision
 from torch import nn
 
-from srqcli.errors import SrqError
+from srqcli.errors import SrqError, short_reason
 from srqcli.models.lenet import LeNet5
 from srqcli.models.resnet_cifar import CifarResNet, resnet20, resnet32, resnet44, resnet56
 
@@ -20,6 +21,7 @@ __all__ = [
     "CifarResNet",
     "LeNet5",
     "build_model",
+    "check_input_size",
     "default_input_size",
     "list_architectures",
 ]
@@ -107,3 +109,29 @@ def default_input_size(arch: str) -> int:
     """Square input side a model is designed for: 224 for torchvision's ImageNet models, 32 for
     the built-in CIFAR/MNIST-sized nets (which also accept 28x28, as decided by the data)."""
     return 32 if _check_known(arch) in _BUILTIN else 224
+
+
+#: Largest square input side srq accepts from a model file (a probe allocates one such image).
+MAX_IMAGE_SIZE = 4096
+
+
+def check_input_size(model: nn.Module, in_channels: int, image_size: int) -> None:
+    """Raise :class:`SrqError` unless ``model`` runs on ``in_channels×image_size²`` inputs.
+
+    Model files carry the input size they were trained at, and srq resizes data to it; a size
+    the architecture cannot take (too small for its kernels, or damaged metadata) would
+    otherwise fail deep inside the first forward with a shape traceback. One forward of a
+    single zero image on the *float* model (before quantizers are attached, so no kernel is
+    compiled) checks it for a fraction of a second.
+    """
+    if not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise SrqError(f"input size {image_size} is outside 1..{MAX_IMAGE_SIZE}")
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, in_channels, image_size, image_size))
+    except RuntimeError as exc:
+        raise SrqError(f"the model cannot run on {in_channels}×{image_size}×{image_size} inputs "
+                       f"({short_reason(exc)})") from exc
+    finally:
+        model.train(was_training)

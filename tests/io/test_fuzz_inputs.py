@@ -175,9 +175,10 @@ def load_weights(path: Path) -> None:
 
 
 def load_artifact(path: Path) -> None:
-    """Load, and for ONNX also run: onnxruntime only parses a graph fully when it executes."""
-    model, info, kind = load_any(path)
-    if kind == "onnx":
+    """Load, then run at the stored input size, as ``srq eval`` does (onnxruntime only parses
+    a graph fully when it executes; a damaged input size only shows when the model runs)."""
+    model, info, _kind = load_any(path)
+    with torch.no_grad():
         model(torch.zeros(2, info.in_channels, info.image_size, info.image_size))
 
 

@@ -50,3 +50,17 @@ def test_newer_format_asks_for_an_upgrade(original: Path, tmp_path: Path) -> Non
     path = with_metadata(original, tmp_path / "model.safetensors", format_version="99")
     with pytest.raises(SrqError, match="written by a newer srq .*upgrade srq"):
         read_model_info(path)
+
+
+@pytest.mark.parametrize("size,detail", [
+    ("2", "cannot run on 1×2×2 inputs"),  # smaller than LeNet-5's 5×5 kernels
+    ("100000", "outside 1..4096"),  # would allocate a gigantic probe image
+])
+def test_input_size_the_model_cannot_take_is_damage(original: Path, tmp_path: Path, size: str,
+                                                    detail: str) -> None:
+    path = with_metadata(original, tmp_path / "model.safetensors", image_size=size)
+    with pytest.raises(SrqError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert message.startswith(f"{path} has damaged srq metadata (image_size: ") and detail in message
+    assert "\n" not in message
