@@ -370,13 +370,15 @@ class _Builder:
         attrs = {"axis": 0} if per_channel else {}
         return self.op("DequantizeLinear", [q, s, zp], base, **attrs)
 
-    def bias(self, fl: FrozenLayer) -> str | None:
-        """Float bias. onnxruntime quantizes it to int32 itself when it fuses the layer (on the
-        grid that :meth:`plan_scaling` makes fine); an int32 bias in the graph would round it
-        for ``ORT_DISABLE_ALL`` too without making fusion any better."""
+    def bias(self, fl: FrozenLayer, spatial: bool = False) -> str | None:
+        """Float bias (``spatial``: shaped ``(C, 1, 1)`` for an ``Add`` after a conv).
+        onnxruntime quantizes it to int32 itself when it fuses the layer (on the grid that
+        :meth:`plan_scaling` makes fine); an int32 bias in the graph would round it for
+        ``ORT_DISABLE_ALL`` too without making fusion any better."""
         if fl.deploy_bias is None:
             return None
-        return self.init(f"{fl.name}.bias", fl.deploy_bias.numpy().astype(np.float32))
+        b = fl.deploy_bias.numpy().astype(np.float32)
+        return self.init(f"{fl.name}.bias", b.reshape(-1, 1, 1) if spatial else b)
 
     # -- layers ------------------------------------------------------------------------------
     def output_quantized(self, node: fx.Node) -> bool:
@@ -398,19 +400,25 @@ class _Builder:
         fused = self.output_quantized(node)
         (self.stats.fused_candidates if fused else self.stats.float_output_layers).append(fl.name)
         w = self.weight(fl, scaling)
-        b = self.bias(fl)
-        inputs = [x, w] + ([b] if b else [])
         requant = not fused and fl.name in self.requant
+        # The bias goes into a separate Add where no integer kernel will use it. qdq: a
+        # float-output Gemm fuses into QGemm only without a bias input. packed: onnxruntime's
+        # basic level would round a DQ → Conv's bias to int32 although nothing fuses (W3A3
+        # ResNet-20: 96.4% top-1 agreement with PyTorch instead of 100%); a packed Gemm keeps
+        # its bias, without which onnxruntime fuses INT2 weights into a QGemm it then refuses
+        # (the logits' rounded bias is at most half an output step off and goes no further).
+        separate = fl.deploy_bias is not None and not fused and not requant and \
+            fl.kind == ("conv" if self.layout == "packed" else "linear")
+        b = self.bias(fl, spatial=separate and fl.kind == "conv")
+        inputs = [x, w] + ([b] if b and not separate else [])
+        name = f"{fl.name}.{fl.kind}" if separate else fl.name
         if fl.kind == "conv":
-            k = list(fl.codes.shape[2:])
-            y = self.op("Conv", inputs, fl.name, kernel_shape=k, strides=list(fl.stride),
+            y = self.op("Conv", inputs, name, kernel_shape=list(fl.codes.shape[2:]), strides=list(fl.stride),
                         pads=list(fl.padding) * 2, dilations=list(fl.dilation), group=fl.groups)
-        elif not fused and not requant and b and self.layout == "qdq":
-            # a float-output Gemm fuses into QGemm (float output) only without a bias input
-            y = self.linear(node, inputs[:2], f"{fl.name}.matmul")
-            y = self.op("Add", [y, b], fl.name)
         else:
-            y = self.linear(node, inputs, fl.name)
+            y = self.linear(node, inputs, name)
+        if separate:
+            y = self.op("Add", [y, b], fl.name)
         if requant:  # opt-in: int8 Q/DQ on an output PyTorch keeps in float, so the layer fuses
             self.stats.requantized.append(fl.name)
             scale = self.const(np.array(self.requant[fl.name], dtype=np.float32), "requant_scale")
