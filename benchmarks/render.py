@@ -11,8 +11,23 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS
+from benchmarks.grid import load_suite
+from benchmarks.grid_render import env_line as _env_line
+from benchmarks.grid_render import mean_sd as _mean_sd
+from benchmarks.grid_render import render_part
 
 OUT = Path(__file__).parent.parent / "BENCHMARKS.md"
+CONFIGS = Path(__file__).parent / "configs"
+#: The grids of issue #5 in the order BENCHMARKS.md shows them: (heading, config file).
+SUITES = (
+    ("CPU suite: all layers quantized", "cpu_suite.toml"),
+    ("CPU suite, first and last layers at 8 bits (LSQ protocol)", "cpu_first_last8.toml"),
+    ("GPU suite: ResNet-20, all methods (all layers; then first/last at 8 bits)", "gpu_suite.toml"),
+    ("Ablation: SRQ's π_m in the backward", "ablation_pi_mode.toml"),
+    ("Ablation: SRQ's edge window and σ cap", "ablation_window_sigma.toml"),
+    ("Ablation: DropBits variants, rates and schedules", "ablation_dropbits.toml"),
+    ("Ablation: cluster promotion over training", "ablation_cluster.toml"),
+)
 
 
 def _load(name: str) -> dict[str, Any] | None:
@@ -20,15 +35,19 @@ def _load(name: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _env_line(env: dict[str, Any]) -> str:
-    return (f"{env['machine']}; Python {env['python']}, torch {env['torch']}, srq {env['srq']} "
-            f"(commit {env['git_commit'] or '?'}), {env['threads']} threads")
-
-
-def _mean_sd(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+def grid_sections() -> list[str]:
+    """The method-comparison grids (benchmarks/grid.py), each with its command; "not run yet"
+    for those without results."""
+    lines = ["## Method comparison: SRQ against RQ, LSQ, STE, SLB and DQ", "",
+             ("Every table comes from one grid run (`benchmarks/grid.py`, config in "
+              "`benchmarks/configs/`): the same float start, epochs, schedule and data order per "
+              "seed for every method; time per epoch and peak memory are ratios to the float model "
+              "fine-tuned in the same grid, each cell in its own process."), ""]
+    for heading, name in SUITES:
+        lines += [f"### {heading}", ""]
+        for cfg in load_suite(CONFIGS / name):
+            lines += render_part(cfg, CONFIGS / name, level=4)
+    return lines
 
 
 def step_time_section() -> list[str]:
@@ -47,6 +66,10 @@ def step_time_section() -> list[str]:
         for c, t in r["median_step_s"].items():
             m = f"{mem[c]:.2f}×" if c in mem else "—"
             lines.append(f"| {c} | {t * 1000:.0f} | {r['time_ratio_to_float'][c]:.2f}× | {m} |")
+        if r.get("srq_time_ratio_to_lsq") is not None:
+            ratio = r["srq_time_ratio_to_lsq"]
+            lines += ["", f"SRQ's step time is **{ratio:.2f}× LSQ's** (median of per-round ratios, same "
+                      f"run; target ≤ 1.3×: {'met' if ratio <= 1.3 else f'missed by {ratio - 1.3:.2f}'})."]
         if "compiled_kernels_kib" in r.get("memory", {}):
             m = r["memory"]
             lines += ["", f"Training memory = peak RSS minus a process holding the model and batch "
@@ -56,8 +79,32 @@ def step_time_section() -> list[str]:
         lines.append("")
     lines += ["`srq` is the shipped implementation (edge-form windowed backward, `torch.compile`d); "
               "`srq-eager` the same math without fusion; `srq-fullgrid` the naive surrogate over "
-              "all 2^b grid points (memory N·2^b). Targets: time ≤ 1.5× float, memory ≤ 1.5× float.",
+              "all 2^b grid points (memory N·2^b); `lsq` the LSQ baseline at the same bits. Targets: time ≤ 1.5× float, memory ≤ 1.5× float.",
               ""]
+    return lines
+
+
+def throughput_section() -> list[str]:
+    lines = ["## Training throughput at ImageNet scale: ResNet-18, 224×224, synthetic input", ""]
+    found = sorted(RESULTS.glob("throughput_*.json"))
+    if not found:
+        return lines + ["_not run yet_: `python -m benchmarks.throughput --device cuda`", ""]
+    for path in found:
+        r = json.loads(path.read_text())
+        gpu = f" ({r['env']['cuda']})" if r["device"] == "cuda" and r["env"].get("cuda") else ""
+        lines += [f"{r['arch']} at {r['size']}×{r['size']}, batch {r['batch']}, {r['device']}{gpu}, "
+                  f"{'bf16 autocast' if r['amp'] else 'float32'}; srq's training loop on synthetic "
+                  f"batches already on the device (speed only; no data loading); median of "
+                  f"{r['rounds']} alternating rounds × {r['steps']} steps. Quantized rows at "
+                  f"W{r['bits']}A{r['bits']}, all layers.", "",
+                  f"Command: `{r['env']['command']}`", "", f"Machine: {_env_line(r['env'])}", "",
+                  "| configuration | images/s | hours per ImageNet epoch (1.281M images) | "
+                  "step time ÷ float | step time ÷ LSQ |", "|---|---:|---:|---:|---:|"]
+        for c, s in r["summary"].items():
+            vs_lsq = f"{s['time_ratio_to_lsq']:.2f}×" if "time_ratio_to_lsq" in s else "—"
+            lines.append(f"| {c} | {s['images_per_s']:,.0f} | {s['imagenet_epoch_hours']:.2f} | "
+                         f"{s['time_ratio_to_float']:.2f}× | {vs_lsq} |")
+        lines.append("")
     return lines
 
 
@@ -181,7 +228,8 @@ def main() -> None:
              "Rendered by `python -m benchmarks.render` from `benchmarks/results/*.json`; each "
              "section names the command that produced it. Protocol: `docs/benchmark-protocol.md` "
              "(ratios measured side by side in one run; accuracy on held-out splits only).", ""]
-    lines += step_time_section() + accuracy_section() + export_section() + ablation_section()
+    lines += (step_time_section() + throughput_section() + grid_sections() + accuracy_section()
+              + export_section() + ablation_section())
     extra = Path(__file__).parent / "NOTES.md"
     if extra.is_file():
         lines += [extra.read_text().rstrip(), ""]

@@ -1,8 +1,9 @@
-"""Training step time and peak memory: float vs SRQ (windowed, fused) vs naive full-grid SRQ.
+"""Training step time and peak memory: float vs SRQ (windowed, fused) vs naive full-grid SRQ vs LSQ.
 
 Protocol (docs/benchmark-protocol.md): all configurations live in one process and are timed
 alternately (A B C A B C …) after warm-up; the reported number is the median of per-round
-ratios to float. Peak memory: each configuration runs in its own subprocess; we report its
+ratios to float, and for SRQ the median of per-round ratios to LSQ on the same model and batch
+(issue #5's target: SRQ's step at most 1.3× LSQ's). Peak memory: each configuration runs in its own subprocess; we report its
 peak RSS minus that of a process that only builds the model and the batch (for fused SRQ, one
 that also loaded its compiled kernels, a fixed cost reported separately).
 
@@ -28,7 +29,7 @@ from srqcli.models import build_model
 from srqcli.nn.quantizer import SRQQuantizer
 from srqcli.nn.surgery import quantize_model
 
-CONFIGS = ("float", "srq", "srq-eager", "srq-fullgrid")
+CONFIGS = ("float", "srq", "srq-eager", "srq-fullgrid", "lsq")
 
 
 class FullGridQuantizer(SRQQuantizer):
@@ -45,7 +46,8 @@ def build(config: str, arch: str, bits: int, batch: int, channels: int, size: in
     x = torch.randn(batch, channels, size, size)
     y = torch.randint(0, 10, (batch,))
     if config != "float":
-        quantize_model(model, QuantConfig(weight_bits=bits, act_bits=bits), [x[:32]])
+        method = "lsq" if config == "lsq" else "srq"
+        quantize_model(model, QuantConfig(method=method, weight_bits=bits, act_bits=bits), [x[:32]])
         if config == "srq-fullgrid":
             for m in model.modules():
                 if isinstance(m, SRQQuantizer):
@@ -112,6 +114,7 @@ def main() -> None:
     if args.skip_timing:
         old = json.loads((RESULTS / f"{name}.json").read_text())
         ratios, medians, args.rounds = old["time_ratio_to_float"], old["median_step_s"], old["rounds"]
+        srq_over_lsq = old.get("srq_time_ratio_to_lsq")
     else:
         setups = {c: build(c, args.arch, args.bits, args.batch, args.channels, args.size) for c in CONFIGS}
         for c, s in setups.items():  # warm-up (includes the one-off torch.compile of the kernels)
@@ -123,11 +126,12 @@ def main() -> None:
                 times[c].append(timed_step(c, *setups[c]))
         ratios = {c: statistics.median(t / f for t, f in zip(times[c], times["float"])) for c in CONFIGS}
         medians = {c: statistics.median(times[c]) for c in CONFIGS}
+        srq_over_lsq = statistics.median(s / q for s, q in zip(times["srq"], times["lsq"]))
     memory = {}
     if not args.skip_memory:
         # Children are measured one by one in increasing expected size, since RUSAGE_CHILDREN
         # reports the maximum over all finished children.
-        order = ["build-only", "build-compiled", "float", "srq-eager", "srq", "srq-fullgrid"]
+        order = ["build-only", "build-compiled", "float", "lsq", "srq-eager", "srq", "srq-fullgrid"]
         peaks = {}
         for c in order:
             proc = subprocess.run(
@@ -148,13 +152,16 @@ def main() -> None:
                   "ratio_to_float": {c: train[c] / train["float"] for c in CONFIGS}}
     print(f"{args.arch} W{args.bits}A{args.bits}, batch {args.batch}, {args.channels}x{args.size}x{args.size}, "
           f"{torch.get_num_threads()} threads, {args.rounds} alternating rounds")
-    for c in CONFIGS:
+    for c in medians:  # an old result kept by --skip-timing may predate a configuration
         mem = f"  memory {memory['ratio_to_float'][c]:.2f}x float" if memory else ""
         print(f"  {c:13s} step {medians[c] * 1000:8.1f} ms   time {ratios[c]:.2f}x float{mem}")
+    if srq_over_lsq is not None:
+        print(f"  srq step time {srq_over_lsq:.2f}x lsq's (same run; target <= 1.3x)")
     write_result(name, {
         "arch": args.arch, "bits": args.bits, "batch": args.batch,
         "input": [args.channels, args.size, args.size], "rounds": args.rounds,
-        "median_step_s": medians, "time_ratio_to_float": ratios, "memory": memory})
+        "median_step_s": medians, "time_ratio_to_float": ratios, "srq_time_ratio_to_lsq": srq_over_lsq,
+        "memory": memory})
 
 
 if __name__ == "__main__":

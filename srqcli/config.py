@@ -62,6 +62,7 @@ class QuantConfig:
     pi_mode: str = "detach"
     window: int | None = None
     sigma_init: float = 0.25
+    sigma_max: float = 0.5  # cap of σ/α (an ablation knob: docs/method.md §4)
     layers: dict[str, dict[str, int]] = field(default_factory=dict)  # pattern → {weight_bits, act_bits}
     temperature_start: float | None = None  # rq/slb annealed temperature; None: the method's default
     temperature_end: float | None = None
@@ -129,6 +130,10 @@ class Recipe:
             raise SrqError(f"quant.window must be in 1..64, got {q.window}")
         if not 0.05 <= q.sigma_init <= 0.5:
             raise SrqError(f"quant.sigma_init must be in [0.05, 0.5] (σ/α), got {q.sigma_init}")
+        # Above α/2 the default edge window (w ≤ 5, core.srq.default_window) loses accuracy.
+        if not 0.05 < q.sigma_max <= 0.5 or q.sigma_max < q.sigma_init:
+            raise SrqError(f"quant.sigma_max must be in (0.05, 0.5] and at least quant.sigma_init "
+                           f"({q.sigma_init}), got {q.sigma_max}")
         if q.method not in METHODS:
             raise SrqError(f"quant.method must be one of {', '.join(METHODS)}, got {q.method!r}")
         for key in ("temperature_start", "temperature_end"):

@@ -51,6 +51,8 @@ def test_unknown_builtin_recipe():
     ("quant.weight_bits", 1, "between 2 and 8"),
     ("quant.act_bits", 9, "between 2 and 8"),
     ("quant.pi_mode", "x", "pi_mode"),
+    ("quant.sigma_max", 0.6, "sigma_max"),
+    ("quant.sigma_max", 0.2, "sigma_max.*sigma_init"),  # below the initial σ/α (0.25)
     ("dropbits.variant", "x", "variant"),
     ("dropbits.rate", 1.5, "rate"),
     ("train.optimizer", "lamb", "optimizer"),

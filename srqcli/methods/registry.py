@@ -32,7 +32,7 @@ def make_quantizer(cfg: QuantConfig, bits: int, *, activation: bool, channels: i
     if method in ("srq", "rq"):
         cls = SRQQuantizer if method == "srq" else RQQuantizer
         return cls(bits, signed, channels=channels, dims=dims, pi_mode=cfg.pi_mode,
-                   window=cfg.window, sigma_init=cfg.sigma_init)
+                   window=cfg.window, sigma_init=cfg.sigma_init, sigma_max=cfg.sigma_max)
     if method == "lsq" or (method == "slb" and activation):
         return LSQQuantizer(bits, signed, activation=activation, channels=channels, dims=dims)
     if method == "ste":

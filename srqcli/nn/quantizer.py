@@ -8,9 +8,9 @@ reports and eval read encodings and never touch training code. The baselines of
 Parametrisation (docs/method.md §1, §4): ``α = exp(log_α)`` is positive by construction (a negative
 step is a known failure of LSQ re-implementations); ``σ = clamp(exp(log_σ), 0.05·α, 0.5·α)``.
 The cap ``σ ≤ α/2`` keeps the hard-quantizer picture valid (unclamped σ grew to 0.7–2.5·α in
-the prototype); the floor is a harmless guard. After each optimizer step
-:meth:`SRQQuantizer.project_` pulls ``log_σ`` back into that band so it cannot drift where its
-gradient is zero.
+the prototype; ``quant.sigma_max`` lowers it, for the ablation only); the floor is a harmless
+guard. After each optimizer step :meth:`SRQQuantizer.project_` pulls ``log_σ`` back into that
+band so it cannot drift where its gradient is zero.
 """
 
 from __future__ import annotations
@@ -190,15 +190,18 @@ class SRQQuantizer(Quantizer):
         pi_mode: how the backward treats ``π_m`` (see :mod:`srqcli.core.srq`).
         window: edge-window half-width; ``None`` picks it from ``σ/α``.
         sigma_init: initial ``σ/α`` (docs/method.md: α/4).
+        sigma_max: the cap of ``σ/α`` (default α/2; lower caps are an ablation).
     """
 
     def __init__(self, bits: int, signed: bool | None, *, channels: int | None = None,
                  channel_axis: int = 0, dims: int = 1, pi_mode: str = "detach",
-                 window: int | None = None, sigma_init: float = 0.25) -> None:
+                 window: int | None = None, sigma_init: float = 0.25,
+                 sigma_max: float = SIGMA_MAX_RATIO) -> None:
         super().__init__(bits, signed, channels=channels, channel_axis=channel_axis, dims=dims)
         self.pi_mode = pi_mode
         self.window = window
         self.sigma_init = sigma_init
+        self.sigma_max = sigma_max
         self.log_sigma = nn.Parameter(torch.full(self.log_alpha.shape, math.log(sigma_init)))
         self.drop_variant: str | None = None
         self.drop_rate = 0.0
@@ -208,7 +211,7 @@ class SRQQuantizer(Quantizer):
     def sigma(self) -> Tensor:
         alpha = self.alpha
         return torch.minimum(torch.maximum(self.log_sigma.exp(), SIGMA_MIN_RATIO * alpha),
-                             SIGMA_MAX_RATIO * alpha)
+                             self.sigma_max * alpha)
 
     @torch.no_grad()
     def init_step(self, x: Tensor, signed: bool | None = None) -> Tensor:
@@ -219,7 +222,7 @@ class SRQQuantizer(Quantizer):
 
     @torch.no_grad()
     def project_(self) -> None:
-        """Also keep ``log σ`` inside ``[0.05·α, 0.5·α]`` so it cannot drift where its
+        """Also keep ``log σ`` inside ``[0.05·α, sigma_max·α]`` so it cannot drift where its
         gradient is zero."""
         super().project_()
         self.log_sigma.copy_(self.sigma.log())

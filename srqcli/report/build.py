@@ -25,7 +25,13 @@ from srqcli.report.schema import (
     Totals,
     finite,
 )
-from srqcli.report.stats import FLOAT_BITS, count_macs, layer_stats, model_totals
+from srqcli.report.stats import (
+    FLOAT_BITS,
+    count_macs,
+    layer_stats,
+    model_totals,
+    pooled_cluster_fraction,
+)
 
 if TYPE_CHECKING:
     from srqcli.io.quantized import ModelInfo
@@ -103,10 +109,6 @@ def _totals(model: nn.Module, layers: list[LayerEntry], have_macs: bool) -> Tota
     macs = sum(r.macs or 0 for r in layers) if have_macs else None
     bops = sum(r.bops or 0 for r in layers) if have_macs else None
     float_bops = macs * FLOAT_BITS * FLOAT_BITS if macs is not None else None
-    # Weights inside the clip range, per layer: the denominators of the cluster fractions.
-    inside = [(r.cluster_fraction, r.params * (1 - (r.clipped_fraction or 0.0)))
-              for r in q if r.cluster_fraction is not None]
-    n_inside = sum(n for _, n in inside)
     return Totals(
         quantized_layers=len(q), float_layers=len(layers) - len(q),
         quantized_params=int(sizes["quantized_params"]), float_params=int(sizes["float_params"]),
@@ -114,7 +116,7 @@ def _totals(model: nn.Module, layers: list[LayerEntry], have_macs: bool) -> Tota
         compression=finite(sizes["compression"]), avg_weight_bits=float(sizes["avg_weight_bits"]),
         macs=macs, bops=bops, float_bops=float_bops,
         bops_reduction=finite(float_bops / bops) if bops else None,
-        cluster_fraction=finite(sum(f * n for f, n in inside) / n_inside) if n_inside else None)
+        cluster_fraction=finite(pooled_cluster_fraction(q)))
 
 
 def _top1(m: Mapping[str, Any] | None, flat: str, nested: str) -> float | None:

@@ -7,8 +7,9 @@ The single place that counts sizes and operations, so the summary of ``srq quant
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -69,6 +70,21 @@ def grid_proximity(weight: Tensor, step: Tensor, grid: IntGrid) -> tuple[float |
     return int(near.sum()) / n_inside, clipped
 
 
+class _HasCluster(Protocol):
+    params: int
+    cluster_fraction: float | None
+    clipped_fraction: float | None
+
+
+def pooled_cluster_fraction(rows: Iterable[_HasCluster]) -> float | None:
+    """The model's cluster fraction: each layer's weighted by its weights inside the clip range
+    (the fraction's denominator), so it equals counting all the model's weights at once."""
+    inside = [(r.cluster_fraction, r.params * (1 - (r.clipped_fraction or 0.0)))
+              for r in rows if r.cluster_fraction is not None]
+    n_inside = sum(n for _, n in inside)
+    return sum(f * n for f, n in inside) / n_inside if n_inside else None
+
+
 def _layer_type(module: nn.Module) -> str:
     return type(module).__name__.replace("Quant", "")
 
@@ -87,6 +103,12 @@ def layer_stats(model: nn.Module) -> list[LayerStats]:
                                weight_signed=w.signed, groups=getattr(m, "groups", 1),
                                cluster_fraction=cluster, clipped_fraction=clipped))
     return rows
+
+
+def model_cluster_fraction(model: nn.Module) -> float | None:
+    """Fraction of the model's latent weights within α/4 of a grid point (``None`` if no
+    quantized layer): recorded every epoch to see whether training promotes clustering."""
+    return pooled_cluster_fraction(layer_stats(model))
 
 
 def model_totals(model: nn.Module) -> dict[str, float]:

@@ -40,7 +40,7 @@ from srqcli.core import gates as hc
 from srqcli.core.grid import IntGrid
 from srqcli.core.srq import srq_quantize
 from srqcli.nn.layers import is_quant_layer
-from srqcli.nn.quantizer import SRQQuantizer
+from srqcli.nn.quantizer import SIGMA_MAX_RATIO, SRQQuantizer
 
 STRUCTURES = ("top", "lsb")
 #: Gate logits are kept in ``[−GATE_BOUND, GATE_BOUND]`` so a gate can always come back.
@@ -57,13 +57,14 @@ class GatedSRQQuantizer(SRQQuantizer):
     def __init__(self, min_bits: int, max_bits: int, *, structure: str = "top",
                  gate_init: float = 0.9, channels: int | None = None, channel_axis: int = 0,
                  dims: int = 1, pi_mode: str = "detach", window: int | None = None,
-                 sigma_init: float = 0.25) -> None:
+                 sigma_init: float = 0.25, sigma_max: float = SIGMA_MAX_RATIO) -> None:
         if not 1 <= min_bits <= max_bits:
             raise ValueError(f"need 1 ≤ min_bits ≤ max_bits, got {min_bits}, {max_bits}")
         if structure not in STRUCTURES:
             raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
         super().__init__(max_bits, True, channels=channels, channel_axis=channel_axis, dims=dims,
-                         pi_mode=pi_mode, window=window, sigma_init=sigma_init)
+                         pi_mode=pi_mode, window=window, sigma_init=sigma_init,
+                         sigma_max=sigma_max)
         self.min_bits, self.max_bits, self.structure = min_bits, max_bits, structure
         self.gate_logits = nn.Parameter(
             torch.full((max_bits - min_bits,), hc.logit_for_prob(gate_init)))
@@ -77,7 +78,7 @@ class GatedSRQQuantizer(SRQQuantizer):
         channels = q.log_alpha.shape[q.channel_axis] if q.log_alpha.dim() else None
         g = cls(min_bits, q.bits, structure=structure, gate_init=gate_init, channels=channels,
                 channel_axis=q.channel_axis, dims=max(q.log_alpha.dim(), 1), pi_mode=q.pi_mode,
-                window=q.window, sigma_init=q.sigma_init)
+                window=q.window, sigma_init=q.sigma_init, sigma_max=q.sigma_max)
         g.signed_mode = q.signed_mode
         with torch.no_grad():
             g.log_alpha.copy_(q.log_alpha)
@@ -185,7 +186,7 @@ class GatedSRQQuantizer(SRQQuantizer):
         q = SRQQuantizer(bits, True, channels=self.log_alpha.shape[self.channel_axis]
                          if self.log_alpha.dim() else None, channel_axis=self.channel_axis,
                          dims=max(self.log_alpha.dim(), 1), pi_mode=self.pi_mode,
-                         window=self.window, sigma_init=self.sigma_init)
+                         window=self.window, sigma_init=self.sigma_init, sigma_max=self.sigma_max)
         f, _, _ = self.level_grid(bits)
         with torch.no_grad():
             q.log_alpha.copy_(self.log_alpha + math.log(f))

@@ -139,6 +139,7 @@ class EpochRecord:
     val_loss: float
     images_per_s: float
     seconds: float
+    cluster_fraction: float | None = None  # latent weights near the grid (report.stats); None: float
 
 
 @dataclass

@@ -34,7 +34,7 @@ from srqcli.train.progress import Reporter
 from srqcli.workflow import rundir
 from srqcli.workflow.resume import CheckpointClock, load_state, save_state
 from srqcli.report import write_report
-from srqcli.report.stats import model_totals
+from srqcli.report.stats import model_cluster_fraction, model_totals
 
 
 @dataclass
@@ -174,7 +174,8 @@ class Job:
             distributed.average_batchnorm_(model)
             val = evaluate(model, self.val_loader, self.device, amp=self.amp,
                            reporter=self.reporter, label="  val")
-            history.append(EpochRecord(epoch + 1, loss, acc, val.top1, val.top5, val.loss, ips, secs))
+            history.append(EpochRecord(epoch + 1, loss, acc, val.top1, val.top5, val.loss, ips, secs,
+                                       model_cluster_fraction(model)))
             self.console.print(f"  epoch {epoch + 1}: train loss {loss:.4f}, val top-1 {val.top1:.2f}%")
         return history
 

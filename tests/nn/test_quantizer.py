@@ -371,3 +371,13 @@ def test_dropbits_reproducible_and_differentiable(variant):
 def test_configure_dropbits_rejects_unknown_variant():
     with pytest.raises(ValueError):
         SRQQuantizer(4, True).configure_dropbits("bogus", 0.1, None)
+
+
+def test_sigma_cap_is_configurable():
+    """``quant.sigma_max`` (the σ-cap ablation) bounds σ/α and the projected log σ."""
+    q = make_quantizer(sigma_init=0.2, sigma_max=0.3)
+    with torch.no_grad():
+        q.log_sigma.add_(5.0)  # far above any cap
+    assert torch.allclose(q.sigma, 0.3 * q.alpha)
+    q.project_()
+    assert torch.allclose(q.log_sigma.exp(), 0.3 * q.alpha.detach())

@@ -1,0 +1,97 @@
+"""The benchmark grid harness: cells, variants, suites and the rendered tables (no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import grid
+from benchmarks.grid import Cell, cells, load_suite, recipe_for
+from benchmarks.grid_render import render_part
+
+CONFIGS = Path(grid.__file__).parent / "configs"
+
+ABLATION = """
+name = "abl"
+data = "example"
+models = ["lenet5"]
+methods = ["float", "srq", "lsq"]
+bits = [2, 3]
+seeds = [0, 1]
+tables = ["cluster"]
+
+[recipe.train]
+epochs = 3
+
+[variants]
+"off" = { dropbits = { variant = "none" } }
+"lsb" = { methods = ["srq"], dropbits = { variant = "lsb", rate = 0.1 } }
+"""
+
+
+@pytest.fixture
+def ablation(tmp_path) -> tuple[Path, dict]:
+    path = tmp_path / "abl.toml"
+    path.write_text(ABLATION)
+    return path, load_suite(path)[0]
+
+
+def test_every_shipped_config_loads_and_builds_valid_recipes():
+    for path in CONFIGS.glob("*.toml"):
+        for cfg in load_suite(path):
+            for cell in cells(cfg):
+                recipe_for(cfg, cell)  # validated: a typo in a config fails here
+
+
+def test_suites_run_their_parts_and_device_is_part_of_the_config():
+    cpu = load_suite(CONFIGS / "cpu_suite.toml")
+    assert [c["name"] for c in cpu] == ["cpu_lenet5", "cpu_resnet20"]
+    assert {len(cells(c)) for c in cpu} == {(1 + 6 * 3) * 3, 1 + 2 * 2}
+    gpu = load_suite(CONFIGS / "cpu_suite.toml", device="cuda")
+    assert all(c["recipe"]["train"]["device"] == "cuda" for c in gpu) and gpu != cpu
+    fl8 = load_suite(CONFIGS / "gpu_suite.toml")[1]
+    assert recipe_for(fl8, cells(fl8)[1]).quant.first_last_bits == 8
+
+
+def test_variants_apply_to_the_methods_they_name(ablation):
+    _, cfg = ablation
+    keys = [c.key for c in cells(cfg) if c.seed == 0]
+    assert keys == ["lenet5/float/s0",
+                    "lenet5/srq~off/w2a2/s0", "lenet5/srq~off/w3a3/s0",
+                    "lenet5/srq~lsb/w2a2/s0", "lenet5/srq~lsb/w3a3/s0",
+                    "lenet5/lsq~off/w2a2/s0", "lenet5/lsq~off/w3a3/s0"]
+    srq_lsb = recipe_for(cfg, Cell("lenet5", "srq", "lsb", 3, 1))
+    assert (srq_lsb.dropbits.variant, srq_lsb.dropbits.rate, srq_lsb.train.seed) == ("lsb", 0.1, 1)
+    assert srq_lsb.train.epochs == 3 and srq_lsb.quant.weight_bits == srq_lsb.quant.act_bits == 3
+    lsq = recipe_for(cfg, Cell("lenet5", "lsq", "off", 2, 0))
+    assert (lsq.quant.method, lsq.dropbits.variant) == ("lsq", "none")
+
+
+def fake_run(cell: Cell) -> dict:
+    """A cell's result as run_cell writes it; float is 10 s per epoch, quantized 20 s after a
+    slow (compiling) first epoch of 100 s."""
+    q = cell.method != "float"
+    return {"top1": 90.0 - (cell.bits or 0) + cell.seed, "top5": 99.0,
+            "epoch_seconds": [100.0 if q else 10.0, 20.0 if q else 10.0, 20.0 if q else 10.0],
+            "val_top1": [80.0, 85.0, 90.0],
+            "cluster_fraction": [0.5, 0.6, 0.7] if q else [None] * 3,
+            "peak_bytes": 300 if q else 200, "memory": "max RSS"}
+
+
+def test_render_excludes_the_first_epoch_and_shows_the_cluster_trend(ablation, tmp_path, monkeypatch):
+    path, cfg = ablation
+    monkeypatch.setattr(grid, "RESULTS", tmp_path)
+    assert render_part(cfg, path)[2].startswith("_not run yet_: `python -m benchmarks.grid ")
+    runs = {c.key: fake_run(c) for c in cells(cfg) if c.key != "lenet5/lsq~off/w3a3/s1"}
+    env = {"machine": "m", "python": "3", "torch": "2", "srq": "0", "git_commit": "abc",
+           "threads": 2, "command": "python -m benchmarks.grid abl.toml"}
+    (tmp_path / "grid_abl.json").write_text(json.dumps({"env": env, "config": cfg, "runs": runs}))
+    text = "\n".join(render_part(cfg, path))
+    assert "**Partial: 13 of 14 cells done**" in text
+    assert "| float (fine-tuned equally) | 90.50 ± 0.71 | 90.50 ± 0.71 | 1.00× | 1.00× | 1.00× |" in text
+    # epochs 2+: 20 s vs 10 s; first epoch 100 s vs 10 s; memory 300 vs 200
+    assert "| srq · lsb | 88.50 ± 0.71 | 87.50 ± 0.71 | 2.00× | 10.00× | 1.50× |" in text
+    assert "| lsq · off | 88.50 ± 0.71 | 87.00 | 2.00× | 10.00× | 1.50× |" in text
+    assert "| srq · off | W3A3 | 50.0 | 60.0 | 70.0 |" in text
