@@ -111,6 +111,23 @@ def save_model(path: str | os.PathLike, model: nn.Module, info: ModelInfo) -> No
     save_safetensors_atomic(tensors, path, info.metadata())
 
 
+def is_quantized_model_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an srq *quantized* model file (safetensors with srq metadata).
+
+    Damaged or foreign files answer ``False``: the caller's ordinary loader reports them.
+    """
+    p = Path(path)
+    if p.suffix.lower() != ".safetensors" or not p.is_file():
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == QUANTIZED
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
     """Read only the metadata of an srq model file."""
     path = Path(path)

@@ -194,6 +194,11 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, calib_batches: Iterable[T
     return model, plan
 
 
+def float_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` without quantizer tensors: the float network a quantized model was built on."""
+    return {k: v for k, v in state.items() if ".weight_quant." not in k and ".input_quant." not in k}
+
+
 def rebuild_quantized(model: nn.Module, plan: list[LayerBits], cfg: QuantConfig) -> nn.Module:
     """Re-create the quantized structure of a saved model (steps come from its state_dict)."""
     return attach_quantizers(model, plan, cfg)

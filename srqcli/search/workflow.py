@@ -21,8 +21,8 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from functools import partial
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,8 @@ from srqcli import __version__
 from srqcli.config import QuantConfig, Recipe, recipe_from_dict, to_toml
 from srqcli.core.grid import MAX_BITS, MIN_BITS
 from srqcli.errors import SrqError
-from srqcli.io.atomic import save_safetensors_atomic, write_text_atomic
+from srqcli.io.atomic import write_text_atomic
+from srqcli.io.quantized import save_model
 from srqcli.nn.layers import is_quant_layer
 from srqcli.nn.surgery import (
     LayerBits,
@@ -59,23 +60,32 @@ from srqcli.search.readout import Allocation, allocate, readout, repair
 from srqcli.search.regularizer import LagrangeMultiplier, expected_bits, expected_cost
 from srqcli.search.sensitivity import fisher_diagonal, layer_sensitivity
 from srqcli.train import distributed
-from srqcli.train.loop import EvalMetrics, evaluate, reestimate_batchnorm, resolve_device
+from srqcli.train.loop import (
+    EvalMetrics,
+    evaluate,
+    reestimate_batchnorm,
+    resolve_device,
+)
 from srqcli.train.progress import Reporter
 from srqcli.workflow import rundir
-from srqcli.workflow.resume import load_state, save_state
 from srqcli.workflow.quantize import (
     Job,
-    calibration_batches,
     build_float_model,
+    calibration_batches,
     float_start,
     read_start_weights,
 )
+from srqcli.workflow.resume import load_state, save_state
 
 SEARCH_JSON = rundir.SEARCH_JSON
-#: The network's weights at the end of the search, as a float state_dict (quantizers removed),
-#: so ``srq quantize -c OUT/searched.safetensors --bit-config OUT/bits.toml`` fine-tunes from them.
+#: The searched network at the read-out allocation (an srq quantized model file: weights, steps,
+#: BatchNorm statistics): ``srq quantize -c OUT/searched.safetensors --bit-config OUT/bits.toml``
+#: fine-tunes it with fixed bits, keeping the searched steps; ``srq eval`` evaluates it.
 SEARCHED = rundir.SEARCHED
 RESUME_FORMAT = "srq.search-resume"
+#: What a resumed search reads from its checkpoint (written after every epoch).
+RESUME_KEYS = ("epoch", "model", "optimizer", "scheduler", "multiplier", "history", "plan",
+               "torch_rng", "loader_rng", "gate_rng", "recipe", "search")
 STRATEGIES = ("learned", "sensitivity")
 
 
@@ -179,12 +189,6 @@ def _build_optimizer(model: nn.Module, recipe: Recipe, cfg: SearchConfig, steps:
     return opt, sched
 
 
-def _save_float_weights(path: Path, model: nn.Module) -> None:
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-          if ".weight_quant." not in k and ".input_quant." not in k}
-    save_safetensors_atomic(sd, path)
-
-
 def run_search(recipe: Recipe, cfg: SearchConfig, out: Path, *, resume: bool = False,
                overwrite: bool = False, trust_pickle: bool = False,
                console: Console | None = None, show_progress: bool = True) -> SearchResult:
@@ -213,7 +217,8 @@ def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, overwrite: 
     state = None
     if resume:
         state = distributed.on_main(
-            lambda: load_state(out / rundir.RESUME, RESUME_FORMAT, "srq search-bits"))
+            lambda: load_state(out / rundir.RESUME, RESUME_FORMAT, "srq search-bits",
+                                 RESUME_KEYS))
         recipe = recipe_from_dict(json.loads(state["recipe"]))
         cfg = SearchConfig(**json.loads(state["search"])).validate()
         console.print(f"[dim]resuming {out} after epoch {state['epoch']} with its saved settings[/]")
@@ -275,7 +280,7 @@ def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, overwrite: 
     def write_outputs() -> None:
         write_allocation(out / ALLOCATION_TOML, final_plan, header)
         write_text_atomic(out / SEARCH_JSON, json.dumps(summary, indent=2) + "\n")
-        _save_float_weights(out / SEARCHED, model)
+        save_model(out / SEARCHED, model.cpu(), info)
         write_report(model.cpu(), out, info=info, metrics=summary,
                      budget=(budget.kind, budget.value), source=str(out / ALLOCATION_TOML))
 

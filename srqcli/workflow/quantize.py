@@ -21,20 +21,41 @@ from srqcli.data import DatasetBundle, DataSpec, load_datasets, make_loaders
 from srqcli.errors import SrqError
 from srqcli.io.atomic import write_text_atomic
 from srqcli.io.checkpoint import load_into, read_state_dict
-from srqcli.io.quantized import ModelInfo, load_model, save_model
-from srqcli.models import build_model
+from srqcli.io.quantized import (
+    ModelInfo,
+    is_quantized_model_file,
+    load_model,
+    read_model_info,
+    save_model,
+)
 from srqcli.methods.registry import finish_training
 from srqcli.methods.schedule import TemperatureSchedule
+from srqcli.models import build_model
 from srqcli.nn.dropbits_schedule import DropBitsSchedule
-from srqcli.nn.surgery import LayerBits, attach_quantizers, quantize_model
+from srqcli.nn.surgery import (
+    LayerBits,
+    attach_quantizers,
+    float_state_dict,
+    plan_bits,
+    quantizable_layers,
+    quantize_model,
+)
+from srqcli.report import write_report
+from srqcli.report.stats import model_cluster_fraction, model_totals
 from srqcli.train import distributed
-from srqcli.train.loop import (EpochProgress, EpochRecord, EvalMetrics, build_optimizer, evaluate,
-                               reestimate_batchnorm, resolve_device, train_epoch)
+from srqcli.train.loop import (
+    EpochProgress,
+    EpochRecord,
+    EvalMetrics,
+    build_optimizer,
+    evaluate,
+    reestimate_batchnorm,
+    resolve_device,
+    train_epoch,
+)
 from srqcli.train.progress import Reporter
 from srqcli.workflow import rundir
 from srqcli.workflow.resume import CheckpointClock, load_state, save_state
-from srqcli.report import write_report
-from srqcli.report.stats import model_cluster_fraction, model_totals
 
 
 @dataclass
@@ -76,7 +97,10 @@ def build_float_model(recipe: Recipe, data: DatasetBundle, weights: dict | nn.Mo
         raise SrqError(f"the model takes {in_channels} input channels but the data has {data.in_channels}")
     model = build_model(m.arch, num_classes, in_channels)
     if weights is not None:
-        load_into(model, weights, arch=m.arch)
+        # An srq quantized model file as the start: its float part here; run_quantize keeps
+        # its quantizers too (quantized_start_plan).
+        load_into(model, float_state_dict(weights) if isinstance(weights, dict) else weights,
+                  arch=m.arch)
     return model
 
 
@@ -112,11 +136,12 @@ class Job:
                          image_size=self.data.image_size, recipe=self.recipe, plan=plan,
                          mean=self.data.mean, std=self.data.std, metrics=metrics or {})
 
-    def quantize(self, model: nn.Module, q: QuantConfig, state: dict[str, Any] | None
-                 ) -> tuple[nn.Module, list[LayerBits]]:
-        """Attach quantizers: calibrated on the float model for a fresh run, or rebuilt from
-        the saved plan when resuming (the caller then loads the saved tensors)."""
-        if state is None:
+    def quantize(self, model: nn.Module, q: QuantConfig, state: dict[str, Any] | None,
+                 start_plan: list[LayerBits] | None = None) -> tuple[nn.Module, list[LayerBits]]:
+        """Attach quantizers: calibrated on the float model for a fresh run, or rebuilt from a
+        saved plan — the resume checkpoint's, or ``start_plan`` of a quantized start checkpoint
+        (the caller then loads the saved tensors)."""
+        if state is None and start_plan is None:
             batches = calibration_batches(self.train_loader, self.recipe.data.calib_batches, self.device)
             model, plan = quantize_model(model, q, batches, seed=self.recipe.train.seed,
                                          share=distributed.gather_cat)
@@ -126,7 +151,12 @@ class Job:
                                    f"{distributed.world_size()} processes: identical on every "
                                    f"process (sha256 {digest})[/]")
             return model, plan
-        plan = [LayerBits(**p) for p in state["plan"]]
+        if state is not None:
+            plan = [LayerBits(**p) for p in state["plan"]]
+        else:
+            plan = start_plan
+            _check_start_plan(plan, plan_bits([n for n, _ in quantizable_layers(model)], q),
+                              self.recipe.model.checkpoint)
         attach_quantizers(model, plan, q)
         return model, plan
 
@@ -184,6 +214,9 @@ class Job:
 Checkpointer = Callable[[int, EpochProgress, torch.optim.Optimizer,
                          torch.optim.lr_scheduler.LRScheduler, list[EpochRecord]], None]
 RESUME_FORMAT = "srq.resume"
+#: What a resumed run reads from its checkpoint (see :func:`_save_resume`).
+RESUME_KEYS = ("epoch", "progress", "model", "optimizer", "scheduler", "history", "plan",
+               "torch_rng", "sampler_pass", "dropbits_rng", "recipe")
 
 
 def quantizer_tensors(model: nn.Module) -> list[torch.Tensor]:
@@ -219,6 +252,49 @@ def read_start_weights(recipe: Recipe, *, trust_pickle: bool, job: str) -> dict 
     if recipe.model.checkpoint is None:
         return None
     return read_state_dict(recipe.model.checkpoint, trust_pickle=trust_pickle)
+
+
+def quantized_start_plan(recipe: Recipe) -> list[LayerBits] | None:
+    """The plan of the start checkpoint when it is an srq *quantized* model file, else ``None``.
+
+    Fine-tuning such a file (``srq search-bits``' ``searched.safetensors``, or an earlier
+    ``srq quantize`` run) continues from its learned steps, σ and BatchNorm statistics:
+    re-calibrating would measure activation ranges on its float part, whose BatchNorm
+    statistics describe the quantized network, and throw the learned steps away.
+    """
+    path = recipe.model.checkpoint
+    if path is None or not is_quantized_model_file(path):
+        return None
+    info = read_model_info(path)
+    if info.arch != recipe.model.arch.strip().lower():
+        raise SrqError(f"{path} is a quantized {info.arch}, not a {recipe.model.arch}")
+    if info.recipe.quant.method != recipe.quant.method:
+        raise SrqError(f"{path} was quantized with --method {info.recipe.quant.method}; continue "
+                       f"with the same method or start from a float checkpoint")
+    return info.plan
+
+
+def _load_quantized_start(model: nn.Module, tensors: dict[str, torch.Tensor], path: str) -> None:
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise SrqError(f"{path} does not fit this recipe's quantizers (per-channel or method "
+                       "settings differ from the run that wrote it)") from exc
+
+
+def _check_start_plan(saved: list[LayerBits], requested: list[LayerBits], path: str | None) -> None:
+    have = {p.name: (p.weight_bits, p.act_bits) for p in saved}
+    want = {p.name: (p.weight_bits, p.act_bits) for p in requested}
+    if have == want:
+        return
+    name = next((n for n in want if have.get(n) != want[n]), None) or next(n for n in have if n not in want)
+
+    def show(bits: tuple[int, int] | None) -> str:
+        return f"W{bits[0]}A{bits[1]}" if bits else "float"
+
+    raise SrqError(f"{path} is quantized with other bits ({name}: {show(have.get(name))} in the file, "
+                   f"{show(want.get(name))} asked); pass the bit config it was made with (e.g. "
+                   "--bit-config OUT/bits.toml) or start from a float checkpoint")
 
 
 def float_start(job: Job, model: nn.Module) -> tuple[nn.Module, EvalMetrics]:
@@ -271,7 +347,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle:
          console: Console, show_progress: bool) -> QuantizeResult:
     state = None
     if resume:
-        state = distributed.on_main(lambda: load_state(out / rundir.RESUME, RESUME_FORMAT, "srq"))
+        state = distributed.on_main(
+            lambda: load_state(out / rundir.RESUME, RESUME_FORMAT, "srq", RESUME_KEYS))
         from srqcli.config import recipe_from_dict
 
         recipe = recipe_from_dict(json.loads(state["recipe"]))
@@ -287,7 +364,13 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle:
         distributed.on_main(lambda: write_text_atomic(out / rundir.RECIPE, to_toml(recipe)))
         model, float_metrics = float_start(job, model)
 
-        model, plan = job.quantize(model, recipe.quant, state)
+        start_plan = quantized_start_plan(recipe) if state is None else None
+        model, plan = job.quantize(model, recipe.quant, state, start_plan)
+        if start_plan is not None:
+            _load_quantized_start(model, weights, recipe.model.checkpoint)
+            started_at = evaluate(model.to(job.device), job.val_loader, job.device, amp=job.amp,
+                                  reporter=reporter, label="start eval")
+            console.print(f"quantized start (steps and BatchNorm kept): top-1 {started_at.top1:.2f}%")
         if state is not None:
             model.load_state_dict(state["model"])
             torch.set_rng_state(state["torch_rng"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -48,8 +49,12 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     save_torch_atomic(state, path)
 
 
-def load_state(path: Path, fmt: str, what: str) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_state` with ``format == fmt``."""
+def load_state(path: Path, fmt: str, what: str, keys: Collection[str]) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_state` with ``format == fmt``.
+
+    ``keys`` are the entries the caller reads; a file without one of them (written by another
+    srq version, or edited) is refused here with one line rather than a ``KeyError`` later.
+    """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any damage: truncated zip, bad pickle opcodes…
@@ -57,4 +62,8 @@ def load_state(path: Path, fmt: str, what: str) -> dict[str, Any]:
                        "delete it and start over with --overwrite") from exc
     if not isinstance(state, dict) or state.get("format") != fmt:
         raise SrqError(f"{path} is not an {what} resume checkpoint")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise SrqError(f"resume checkpoint {path} is incomplete (no {', '.join(missing)}); "
+                       "delete it and start over with --overwrite")
     return state

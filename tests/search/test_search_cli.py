@@ -8,7 +8,7 @@ import json
 import pytest
 import tomllib
 import torch
-from safetensors.torch import load_file  # noqa: F401  (srq's model files are safetensors)
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from srqcli.cli import app
@@ -73,12 +73,27 @@ def test_search_bits_cli_then_quantize_accepts_the_allocation(tmp_path, float_ck
 
     q = tmp_path / "ft"  # (a) of the benchmark: fine-tune from the searched weights
     res = runner.invoke(app, ["quantize", "lenet5", "--data", "example", "-c", str(out / "searched.safetensors"),
-                              "--bit-config", str(out / "bits.toml"), "--act-bits", "4",
+                              "--bit-config", str(out / "bits.toml"), "--act-bits", "4", "--no-dropbits",
                               "--epochs", "0", "--batch-size", "128", "--out", str(q), "--quiet"])
     assert res.exit_code == 0, res.output
     metrics = json.loads((q / "metrics.json").read_text())
     assert {p["name"]: p["weight_bits"] for p in metrics["plan"]} == summary["allocation"]
     assert metrics["sizes"]["avg_weight_bits"] == pytest.approx(summary["achieved"])
+    # The searched network is the start: its steps and BatchNorm statistics are kept, not
+    # re-calibrated (0 epochs and no DropBits, so no BatchNorm re-estimation either: the
+    # fine-tuned model is the searched one, bit for bit).
+    searched = load_file(str(out / "searched.safetensors"))
+    tuned = load_file(str(q / "model.safetensors"))
+    assert any(".weight_quant." in k for k in searched)
+    assert searched.keys() == tuned.keys()
+    assert [k for k in searched if not torch.equal(searched[k], tuned[k])] == []
+    assert metrics["quantized"]["top1"] == pytest.approx(summary["quantized"]["top1"])
+
+    # Other bits than the searched file's: one line saying what to pass.
+    res = runner.invoke(app, ["quantize", "lenet5", "--data", "example", "-c", str(out / "searched.safetensors"),
+                              "--bits", "4", "--epochs", "0", "--out", str(tmp_path / "bad"), "--quiet"])
+    assert res.exit_code == 2 and "is quantized with other bits" in res.output
+    assert "--bit-config" in res.output and not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("kind", ["size_mb", "bops"])

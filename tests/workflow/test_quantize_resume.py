@@ -112,6 +112,15 @@ def test_resume_rejects_damaged_checkpoint(tmp_path):
         run_quantize(quick_recipe(), out, resume=True, show_progress=False)
 
 
+def test_resume_rejects_incomplete_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    torch.save({"format": "srq.resume", "epoch": 0}, out / "checkpoints" / "last.pt")
+    with pytest.raises(SrqError, match=r"incomplete \(no progress, model, .*--overwrite") as info:
+        run_quantize(quick_recipe(), out, resume=True, show_progress=False)
+    assert "\n" not in str(info.value)
+
+
 def test_checkpoint_settings_are_validated():
     with pytest.raises(SrqError, match="checkpoint_every"):
         quick_recipe(train__checkpoint_every=-1)
