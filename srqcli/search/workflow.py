@@ -20,14 +20,12 @@ import dataclasses
 import json
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
@@ -42,7 +40,6 @@ from srqcli.nn.surgery import (
     LayerBits,
     attach_quantizers,
     plan_bits,
-    project_quantizers_,
     quantizable_layers,
     quantize_model,
 )
@@ -65,6 +62,7 @@ from srqcli.train.loop import (
     evaluate,
     reestimate_batchnorm,
     resolve_device,
+    train_epoch,
 )
 from srqcli.train.progress import Reporter
 from srqcli.workflow import rundir
@@ -138,12 +136,6 @@ class SearchResult:
     search_metrics: EvalMetrics
     history: list[dict[str, Any]] = field(default_factory=list)
     readout_bits: dict[str, int] = field(default_factory=dict)
-
-
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def search_quant_config(recipe: Recipe, cfg: SearchConfig, pins: dict[str, int]) -> QuantConfig:
@@ -394,42 +386,27 @@ def _learned(job: Job, model: nn.Module, q: QuantConfig, budget: BudgetSpec, inp
 def _search_epoch(job: Job, model: nn.Module, quantizers: dict[str, GatedSRQQuantizer],
                   cost: CostModel, mult: LagrangeMultiplier, optimizer, scheduler, label: str
                   ) -> tuple[float, float, float]:
-    """One epoch of the search; returns (mean task loss, accuracy %, final E[cost])."""
-    model.train()
-    reporter, device, target = job.reporter, job.device, cost.budget.value
-    task = reporter.start(label, len(job.train_loader))
-    loss_sum, correct, seen = 0.0, 0, 0
-    start = time.perf_counter()
+    """One epoch of the search; returns (mean task loss, accuracy %, final E[cost]).
+
+    The ordinary training step plus the budget term in the loss and, after every step, the
+    multiplier's dual-ascent update on the new expected cost.
+    """
+    target = cost.budget.value
     exp_value = float("nan")
-    for images, labels in job.train_loader:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with _autocast(device, job.amp):
-            logits = model(images)
-            task_loss = F.cross_entropy(logits.float(), labels)
-        exp = expected_cost(cost, quantizers).to(task_loss.device)
-        loss = task_loss + mult.term(exp, target)
-        if not torch.isfinite(loss):
-            raise SrqError("search diverged (loss is NaN/inf); lower the learning rates")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        project_quantizers_(model)
+
+    def update_multiplier(_progress) -> None:
+        nonlocal exp_value
         with torch.no_grad():
             exp_value = float(expected_cost(cost, quantizers))
         mult.update(exp_value, target)
-        loss_sum += float(task_loss.detach()) * labels.numel()
-        correct += int((logits.argmax(1) == labels).sum())
-        seen += labels.numel()
-        reporter.progress.update(task, description=f"{label} E[cost] {exp_value:.4g}/{target:.4g} "
-                                                   f"λ {mult.value:+.2f}")
-        reporter.advance(task, loss=loss_sum / seen, acc=100.0 * correct / seen, images=seen,
-                         seconds=time.perf_counter() - start)
-    reporter.finish(task)
-    loss_sum, correct, seen = distributed.sum_across([loss_sum, correct, seen])
-    if seen == 0:
-        raise SrqError("the training split has fewer samples than one batch")
-    return loss_sum / seen, 100.0 * correct / seen, exp_value
+
+    loss, acc, _ips, _secs = train_epoch(
+        model, job.train_loader, optimizer, scheduler, job.device, amp=job.amp,
+        reporter=job.reporter, label=label,
+        penalty=lambda: mult.term(expected_cost(cost, quantizers), target),
+        after_step=update_multiplier,
+        note=lambda: f"E[cost] {exp_value:.4g}/{target:.4g} λ {mult.value:+.2f}")
+    return loss, acc, exp_value
 
 
 __all__ = ["FILL", "SEARCH_JSON", "SearchConfig", "SearchResult", "run_search",

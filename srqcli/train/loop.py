@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from srqcli.config import TrainConfig
@@ -162,13 +162,17 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
                 amp: bool, reporter: Reporter | None, label: str,
                 before_step: Callable[[float], None] | None = None,
                 progress: EpochProgress | None = None,
-                after_step: Callable[[EpochProgress], None] | None = None
+                after_step: Callable[[EpochProgress], None] | None = None,
+                penalty: Callable[[], Tensor] | None = None,
+                note: Callable[[], str] | None = None
                 ) -> tuple[float, float, float, float]:
-    """One pass over ``loader``; returns (mean loss, accuracy %, images/s, seconds).
+    """One pass over ``loader``; returns (mean task loss, accuracy %, images/s, seconds).
 
     ``before_step(fraction_of_epoch_done)`` lets the caller anneal schedules (DropBits rate)
-    per step; ``after_step(progress)`` lets it checkpoint. To continue an interrupted epoch,
-    pass its saved ``progress`` and a loader that yields only the remaining batches.
+    per step; ``after_step(progress)`` lets it checkpoint or update its own state. ``penalty()``
+    is added to the task loss for the gradient only (the bit search's budget term), and
+    ``note()`` to the progress line. To continue an interrupted epoch, pass its saved
+    ``progress`` and a loader that yields only the remaining batches.
     """
     model.train()
     progress = progress or EpochProgress()
@@ -184,10 +188,11 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
         with _autocast(device, amp):
             logits = model(images)
             loss = F.cross_entropy(logits.float(), labels)
-        if not torch.isfinite(loss):
+        objective = loss + penalty().to(loss.device) if penalty else loss
+        if not torch.isfinite(objective):
             raise SrqError("training diverged (loss is NaN/inf); lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         optimizer.step()
         scheduler.step()
         project_quantizers_(model)
@@ -196,12 +201,12 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
         progress.correct += int((logits.argmax(1) == labels).sum())
         progress.seen += labels.numel()
         progress.seconds = time.perf_counter() - start
+        if after_step:
+            after_step(progress)
         if reporter:
             reporter.advance(task, loss=progress.loss_sum / progress.seen,
                              acc=100.0 * progress.correct / progress.seen, images=progress.seen,
-                             seconds=progress.seconds)
-        if after_step:
-            after_step(progress)
+                             seconds=progress.seconds, note=note() if note else "")
     if reporter:
         reporter.finish(task)
     seconds = time.perf_counter() - start

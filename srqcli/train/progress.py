@@ -8,8 +8,15 @@ a live bar would print nothing until the end, so a plain line is logged every 10
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 class Reporter:
@@ -46,10 +53,11 @@ class Reporter:
         return self.progress.add_task(label, total=total, stats="")
 
     def advance(self, task: TaskID | None, *, images: int, seconds: float,
-                loss: float | None = None, acc: float | None = None) -> None:
+                loss: float | None = None, acc: float | None = None, note: str = "") -> None:
+        """One step done; ``note`` is a caller's extra state (the search's cost vs budget)."""
         if task is None:
             return
-        parts = []
+        parts = [note] if note else []
         if loss is not None:
             parts.append(f"loss {loss:.4f}")
         if acc is not None:
