@@ -28,7 +28,12 @@ from srqcli.io.checkpoint import read_state_dict
 from srqcli.io.quantized import ModelInfo, save_model
 from srqcli.train.loop import evaluate
 from srqcli.train.progress import Reporter
-from srqcli.workflow.quantize import Job, build_float_model, run_quantize, seed_everything
+from srqcli.workflow.quantize import (
+    Job,
+    build_float_model,
+    run_quantize,
+    seed_everything,
+)
 
 DATA = "/usr/share/datasets/fashion-mnist"
 CACHE = RESULTS / "cache"
@@ -111,25 +116,33 @@ def main() -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     name = f"fmnist_accuracy_e{args.epochs}"
     result_file = RESULTS / f"{name}.json"
-    settings = {k: v for k, v in vars(args).items()}
+    settings = dict(vars(args))
+    # Which rows to run (bits, variants, seeds) does not change any row's result: a later run
+    # with more of them adds rows to the same table; any training setting starts a new one.
+    rows = ("bits", "variants", "seeds")
     done = json.loads(result_file.read_text()) if result_file.is_file() else {}
-    runs = done.get("runs", {}) if done.get("settings") == settings else {}
+    same = {k: v for k, v in done.get("settings", {}).items() if k not in rows} == \
+        {k: v for k, v in settings.items() if k not in rows}
+    runs = done.get("runs", {}) if same else {}
+    if same:
+        for key in rows:
+            settings[key] = sorted(set(done["settings"][key]) | set(settings[key]),
+                                   key=(done["settings"][key] + settings[key]).index)
     ckpt = float_checkpoint(args, console)
 
-    def record(key: str, fn) -> None:
+    def record(key: str, fn, *fn_args) -> None:
         if key in runs:
             return
-        runs[key] = fn()
+        runs[key] = fn(*fn_args)
         console.print(f"[bold]{key}[/]: top-1 {runs[key]['top1']:.2f}%")
         write_result(name, {"settings": settings, "float_checkpoint": ckpt.name, "runs": runs})
 
     for seed in args.seeds:
-        record(f"float/s{seed}", lambda: finetune_float(args, ckpt, seed, console))
+        record(f"float/s{seed}", finetune_float, args, ckpt, seed, console)
         for bits in args.bits:
             for variant in args.variants:
-                record(f"w{bits}a{bits}/{variant}/s{seed}",
-                       lambda: finetune_srq(args, ckpt, bits, variant, seed, console))
-
+                record(f"w{bits}a{bits}/{variant}/s{seed}", finetune_srq, args, ckpt, bits, variant,
+                       seed, console)
 
 if __name__ == "__main__":
     main()

@@ -119,6 +119,17 @@ def accuracy_section() -> list[str]:
     return lines
 
 
+def _accuracy_command(s: dict[str, Any]) -> str:
+    """The command that reproduces the whole table (rows may come from several invocations)."""
+    args = [f"--pretrain-epochs {s['pretrain_epochs']}", f"--epochs {s['epochs']}", f"--lr {s['lr']:g}",
+            f"--quant-lr {s['quant_lr']:g}"]
+    if s.get("train_limit"):
+        args.append(f"--train-limit {s['train_limit']}")
+    args += [f"--bits {' '.join(map(str, sorted(s['bits'], reverse=True)))}",
+             f"--variants {' '.join(s['variants'])}", f"--seeds {' '.join(map(str, s['seeds']))}"]
+    return "python -m benchmarks.fmnist_accuracy " + " ".join(args)
+
+
 def _accuracy_table(r: dict[str, Any]) -> list[str]:
     s = r["settings"]
     runs = r["runs"]
@@ -132,7 +143,7 @@ def _accuracy_table(r: dict[str, Any]) -> list[str]:
         + "). Top-1 on the held-out 10k t10k split. Every Conv2d and Linear quantized (weights "
         "and input activations; network input 8 bits). DropBits: "
         f"`lsb`, p = {s['drop_rate']} annealed to 0 over the last epoch, then BatchNorm re-estimation.",
-        "", f"Command: `{r['env']['command']}`", "", f"Machine: {_env_line(r['env'])}", ""]
+        "", f"Command: `{_accuracy_command(s)}`", "", f"Machine: {_env_line(r['env'])}", ""]
     seeds = sorted({k.rsplit('/s', 1)[1] for k in runs})
     float_top1 = [runs[f"float/s{x}"]["top1"] for x in seeds if f"float/s{x}" in runs]
     targets = {4: 0.5, 3: 1.0, 2: 3.0}
@@ -142,7 +153,7 @@ def _accuracy_table(r: dict[str, Any]) -> list[str]:
     if float_top1:
         ep = statistics.mean(runs[f"float/s{seeds[0]}"]["epoch_seconds"])
         lines.append(f"| float, fine-tuned equally | {_mean_sd(float_top1)} | — | — | — | {ep:.0f} |")
-    for bits in s["bits"]:
+    for bits in sorted(s["bits"], reverse=True):
         for variant in s["variants"]:
             vals = [runs[k]["top1"] for k in runs if k.startswith(f"w{bits}a{bits}/{variant}/")]
             if not vals:
