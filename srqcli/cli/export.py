@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -17,9 +17,9 @@ def export_command(
     target: Annotated[str, typer.Argument(help="Run folder or quantized model .safetensors (srq quantize output, or a packed file).")],
     format: Annotated[str, typer.Option("--format", "-f", help="onnx (runs in onnxruntime) or safetensors (codes bit-packed at their true width).")] = "onnx",
     layout: Annotated[str, typer.Option(help="ONNX layout: qdq (int8 containers, integer kernels in onnxruntime) or packed (INT4/INT2 initializers, smallest file, float kernels).")] = "qdq",
-    opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default 19 for qdq, 21 for packed; 25+ stores 2-bit weights as INT2).")] = None,
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Output file (default: next to the model: model.onnx, model.packed.onnx, model.packed.safetensors).")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Verify on validation batches of this dataset (default: random inputs).")] = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default 19 for qdq, 21 for packed; 25+ stores 2-bit weights as INT2).")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Output file (default: next to the model: model.onnx, model.packed.onnx, model.packed.safetensors).")] = None,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Verify on validation batches of this dataset (default: random inputs).")] = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Compare the artifact with the PyTorch model before writing it.")] = True,
     batches: Annotated[int, typer.Option(help="Batches used for verification.")] = 4,
     batch_size: Annotated[int, typer.Option(help="Verification batch size.")] = 32,
@@ -60,3 +60,9 @@ def export_command(
             out_console.print("integer kernels: " + ", ".join(f"{k}×{n}" for k, n in integer.items()), highlight=False)
         elif ops:
             out_console.print("integer kernels: none (onnxruntime runs this layout with float kernels)")
+    if res.report is not None:
+        from srqcli.report import render_table
+
+        out_console.print(render_table(res.report.report))
+        written = ", ".join(p.name for p in (res.report.json, res.report.markdown, res.report.chart) if p)
+        out_console.print(f"bit-allocation report: {written} in [bold]{res.report.json.parent}[/]")

@@ -26,6 +26,7 @@ from srqcli.export.graph import trace
 from srqcli.export.packing import packed_nbytes
 from srqcli.io.atomic import atomic_path
 from srqcli.io.quantized import FLOAT, QUANTIZED, ModelInfo, load_model
+from srqcli.report.writer import ReportFiles, rewrite_report
 
 FORMATS = ("onnx", "safetensors")
 ONNX_FORMAT = "srq.onnx"
@@ -44,10 +45,12 @@ class ExportResult:
     source: Path | None = None
     verify: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    report: ReportFiles | None = None  # the bit-allocation report written next to the artifact
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "format": self.format, "layout": self.layout, "opset": self.opset,
-                "bytes": self.bytes, "source": str(self.source) if self.source else None, "verify": self.verify, **self.details}
+                "bytes": self.bytes, "source": str(self.source) if self.source else None, "verify": self.verify,
+                "report": str(self.report.json) if self.report else None, **self.details}
 
 
 @contextlib.contextmanager
@@ -131,8 +134,7 @@ def load_quantized_source(path: Path) -> tuple[nn.Module, ModelInfo]:
 
 def default_output(source: Path, fmt: str, layout: str) -> Path:
     stem = source.name[: -len(".safetensors")] if source.name.endswith(".safetensors") else source.stem
-    if stem.endswith(".packed"):
-        stem = stem[: -len(".packed")]
+    stem = stem.removesuffix(".packed")
     if fmt == "safetensors":
         return source.with_name(f"{stem}.packed.safetensors")
     return source.with_name(f"{stem}.onnx" if layout == "qdq" else f"{stem}.{layout}.onnx")
@@ -385,5 +387,6 @@ def run_export(target: str, *, fmt: str = "onnx", layout: str = "qdq", opset: in
     else:
         res = export_safetensors(model, info, dest, verify=verify, batches=vb)
     res.source = source
+    res.report = rewrite_report(model, dest.parent, info=info, source=str(dest))
     return res
 

@@ -93,7 +93,6 @@ def report_target(target: str | os.PathLike, out_dir: str | os.PathLike | None =
     """
     from srqcli.errors import SrqError
     from srqcli.io.quantized import load_model
-    from srqcli.report.schema import read_report
 
     path = Path(target)
     if path.is_dir():
@@ -110,10 +109,25 @@ def report_target(target: str | os.PathLike, out_dir: str | os.PathLike | None =
         raise SrqError(f"{path} is a float model: srq report needs a quantized one "
                        "(run srq quantize first)")
     out = Path(out_dir) if out_dir is not None else path.parent
+    return rewrite_report(model, out, info=info, budget=budget, source=str(path), chart=chart)
+
+
+def rewrite_report(model: nn.Module, out_dir: str | os.PathLike, *, info: ModelInfo,
+                   budget: BudgetLike | None = None, source: str | None = None,
+                   chart: bool = True) -> ReportFiles:
+    """:func:`write_report` into a folder that may hold a report already (a run folder).
+
+    With no ``budget``, the one recorded in the existing ``report.json`` is kept: the report
+    of ``srq search-bits`` shows its budget line, and a later ``srq report`` or ``srq export``
+    of the same model must not drop it.
+    """
+    from srqcli.errors import SrqError
+    from srqcli.report.schema import read_report
+
+    out = Path(out_dir)
     if budget is None and (out / REPORT_JSON).is_file():
         try:
-            old = read_report(out / REPORT_JSON).budget
+            budget = read_report(out / REPORT_JSON).budget
         except SrqError:
-            old = None  # it is about to be replaced anyway
-        budget = old
-    return write_report(model, out, info=info, budget=budget, source=str(path), chart=chart)
+            budget = None  # it is about to be replaced anyway
+    return write_report(model, out, info=info, budget=budget, source=source, chart=chart)

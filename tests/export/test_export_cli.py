@@ -16,11 +16,12 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from srqcli.cli import app
+from srqcli.config import Recipe
 from srqcli.data import DataSpec, load_datasets, make_loaders
 from srqcli.export.demo import write_quantized_file
 from srqcli.io.quantized import ModelInfo, save_model
-from srqcli.config import Recipe
 from srqcli.models import build_model
+from srqcli.report import read_report
 
 runner = CliRunner()
 
@@ -79,7 +80,11 @@ def test_export_onnx_default(run_dir, tmp_path):
     assert data["verify"]["ok"] is True
     ops = data["verify"]["executed_op_types"]
     assert ops.get("QLinearConv", 0) >= 2 and ops.get("QGemm", 0) >= 3, ops
-    assert _files(tmp_path) == {"m.onnx"}  # nothing else left behind
+    # the artifact and its bit-allocation report, nothing else left behind
+    assert _files(tmp_path) == {"m.onnx", "report.json", "report.md", "bits.png"}
+    assert data["report"] == str(tmp_path / "report.json")
+    report = read_report(tmp_path / "report.json")
+    assert report.source == str(out) and [row.weight_bits for row in report.layers] == [4] * 5
     model = onnx.load(str(out))
     onnx.checker.check_model(model, full_check=True)
     meta = {p.key: p.value for p in model.metadata_props}
@@ -94,6 +99,7 @@ def test_export_with_data_and_eval_onnx(run_dir, tmp_path):
     res = _invoke("export", str(run_dir), "--out", str(out), "--data", "example", "--batches", "2")
     assert res.exit_code == 0, res.output
     assert "integer kernels: " in res.output and "QLinearConv" in res.output
+    assert "bit-allocation report: report.json, report.md, bits.png" in res.output
     ck = _json(_invoke("eval", str(run_dir), "-q", "--json"))
     ox = _json(_invoke("eval", str(out), "-q", "--json"))
     assert ox["kind"] == "onnx" and ox["images"] == ck["images"] == 360
