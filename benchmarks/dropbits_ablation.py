@@ -21,7 +21,12 @@ from benchmarks.common import RESULTS, write_result
 from srqcli.config import Recipe, recipe_from_dict
 from srqcli.io.quantized import ModelInfo, save_model
 from srqcli.train.progress import Reporter
-from srqcli.workflow.quantize import Job, build_float_model, run_quantize, seed_everything
+from srqcli.workflow.quantize import (
+    Job,
+    build_float_model,
+    run_quantize,
+    seed_everything,
+)
 
 DATA = "/usr/share/datasets/fashion-mnist"
 CACHE = RESULTS / "cache"

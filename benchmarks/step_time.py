@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F

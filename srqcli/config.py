@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from srqcli.core.dropbits import VARIANTS
 from srqcli.core.grid import MAX_BITS, MIN_BITS
 from srqcli.core.srq import PI_MODES
-from srqcli.methods.names import METHODS
 from srqcli.errors import SrqError
+from srqcli.methods.names import METHODS
 
 RECIPE_VERSION = 1
 BUILTIN_RECIPES = Path(__file__).parent / "recipes"

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 import tomllib
 
-import pytest
-
-from srqcli.config import (BUILTIN_RECIPES, Recipe, apply_overrides, load_recipe,
-                           recipe_from_dict, to_toml)
+from srqcli.config import (
+    BUILTIN_RECIPES,
+    Recipe,
+    apply_overrides,
+    load_recipe,
+    recipe_from_dict,
+    to_toml,
+)
 from srqcli.errors import SrqError
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+from collections.abc import Callable
 from enum import Enum
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console

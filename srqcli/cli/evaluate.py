@@ -10,6 +10,7 @@ from rich.table import Table
 
 from srqcli.cli.app import Device, app, job_console, out_console, user_errors
 
+
 @app.command("eval")
 @user_errors
 def eval_command(

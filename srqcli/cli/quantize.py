@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-import tomllib
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import tomllib
 import typer
 from rich.table import Table
 
-from srqcli.cli.app import Device, DropBitsVariant, app, job_console, out_console, user_errors
+from srqcli.cli.app import (
+    Device,
+    DropBitsVariant,
+    app,
+    job_console,
+    out_console,
+    user_errors,
+)
 from srqcli.config import Recipe, apply_overrides, load_recipe
 from srqcli.errors import SrqError
-from srqcli.train.distributed import is_main
 from srqcli.methods.names import METHODS
+from srqcli.train.distributed import is_main
 
 Method = Enum("Method", {m: m for m in METHODS}, type=str)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-
 from rich.table import Table
 
 from srqcli.cli.app import app, out_console
 from srqcli.config import BUILTIN_RECIPES
+
 
 @app.command()
 def recipes() -> None:

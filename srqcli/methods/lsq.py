@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 from srqcli.core.grid import IntGrid

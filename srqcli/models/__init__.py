@@ -15,7 +15,13 @@ from torch import nn
 
 from srqcli.errors import SrqError, short_reason
 from srqcli.models.lenet import LeNet5
-from srqcli.models.resnet_cifar import CifarResNet, resnet20, resnet32, resnet44, resnet56
+from srqcli.models.resnet_cifar import (
+    CifarResNet,
+    resnet20,
+    resnet32,
+    resnet44,
+    resnet56,
+)
 
 __all__ = [
     "CifarResNet",

@@ -10,12 +10,12 @@ from torch import nn
 
 from srqcli.data import DataSpec, load_datasets, make_loaders
 from srqcli.errors import SrqError
+from srqcli.io.checkpoint import load_into, read_state_dict
 from srqcli.io.quantized import ModelInfo
 from srqcli.models import build_model
 from srqcli.train.loop import EvalMetrics, evaluate, resolve_device
 from srqcli.train.progress import Reporter
 from srqcli.workflow import rundir
-from srqcli.io.checkpoint import load_into, read_state_dict
 
 
 @dataclass
@@ -46,7 +46,9 @@ def load_target(target: str, path: Path | None, *, checkpoint: str | None,
                 data_classes: int) -> tuple[nn.Module, str]:
     """Build the model to evaluate (``path`` from :func:`resolve_target`) and say its kind."""
     if path is not None:
-        from srqcli.export.artifacts import load_any  # also .onnx exports and packed .safetensors
+        from srqcli.export.artifacts import (
+            load_any,  # also .onnx exports and packed .safetensors
+        )
 
         model, _info, kind = load_any(path)
         return model, kind

@@ -9,8 +9,8 @@ reads it back without unpickling code.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 import torch

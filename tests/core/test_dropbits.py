@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
+from conftest import gen
 
 from srqcli.core import dropbits as db
 from srqcli.core import srq
 from srqcli.core.grid import IntGrid
 from srqcli.core.srq import full_grid_surrogate, srq_quantize
-from conftest import gen
 
 R = db.mask_reach(0.25)  # reach used by the quantizer at the initial σ = α/4
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from torch.utils.data import RandomSampler
 
 from srqcli.data import DataSpec, load_datasets, make_loaders

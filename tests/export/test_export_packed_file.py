@@ -15,7 +15,6 @@ from srqcli.export.graph import trace
 from srqcli.export.packed import load_packed, save_packed
 from srqcli.nn.surgery import quant_layers
 
-
 # eager SRQ math (bit-identical to the compiled kernels) on one thread: see tests/conftest.py
 pytestmark = pytest.mark.usefixtures("eager_srq")
 

@@ -9,10 +9,13 @@ import pytest
 import torch
 
 from srqcli.export.bench import float_onnx
-from srqcli.export.demo import quantize_untrained, randomize_batchnorm, write_quantized_file
+from srqcli.export.demo import (
+    quantize_untrained,
+    randomize_batchnorm,
+    write_quantized_file,
+)
 from srqcli.export.workflow import export_onnx, export_safetensors
 from srqcli.models import build_model
-
 
 # eager SRQ math (bit-identical to the compiled kernels) on one thread: see tests/conftest.py
 pytestmark = pytest.mark.usefixtures("eager_srq")

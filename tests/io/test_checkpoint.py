@@ -15,7 +15,6 @@ from torch import nn
 from srqcli.errors import SrqError
 from srqcli.io.checkpoint import load_into, read_state_dict
 
-
 # Writing TorchScript fixtures uses APIs torch now marks deprecated; users still have such files.
 TORCHSCRIPT_DEPRECATION = pytest.mark.filterwarnings(
     r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning"

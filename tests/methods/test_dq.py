@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-
 from conftest import gen
+
 from srqcli.core.grid import IntGrid
 from srqcli.methods.dq import DQWeightQuantizer, dq_quantize, majority_step
 from srqcli.nn.quantizer import mse_optimal_step

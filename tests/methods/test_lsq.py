@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
-
 from conftest import gen
+
 from srqcli.core.grid import IntGrid
 from srqcli.methods.lsq import LSQQuantizer, lsq_grad_scale, lsq_init_step, lsq_quantize
 

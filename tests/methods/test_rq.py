@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
-
 from conftest import gen
+
 from srqcli.config import QuantConfig
 from srqcli.methods.rq import RQQuantizer, local_window, rq_sample
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-
 from conftest import gen
+
 from srqcli.methods.slb import SLBWeightQuantizer, grid_codes, slb_relaxed
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-
 from conftest import gen
+
 from srqcli.methods.ste import STEQuantizer, round_ste, ste_quantize
 
 

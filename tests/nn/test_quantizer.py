@@ -8,10 +8,10 @@ import math
 
 import pytest
 import torch
+from conftest import gen
 
 from srqcli.core import dropbits as db
 from srqcli.core.grid import IntGrid
-from conftest import gen
 from srqcli.nn.quantizer import (
     SIGMA_MAX_RATIO,
     SIGMA_MIN_RATIO,
@@ -19,7 +19,6 @@ from srqcli.nn.quantizer import (
     SRQQuantizer,
     mse_optimal_step,
 )
-
 
 pytestmark = pytest.mark.usefixtures("eager_srq")
 

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import quick_recipe
+
 from srqcli.config import to_toml
 from srqcli.workflow import rundir
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import quick_recipe
 from safetensors.torch import load_file
 
-from conftest import quick_recipe
 from srqcli.config import to_toml
 from srqcli.errors import SrqError
 from srqcli.workflow import quantize as qmod
