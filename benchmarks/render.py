@@ -210,6 +210,44 @@ def export_section() -> list[str]:
     return lines
 
 
+SEARCH_ARMS = {
+    "learned": "(a) learned allocation, searched weights fine-tuned",
+    "uniform": "(b) uniform bits within the budget",
+    "learned-from-float": "(c) learned allocation, trained from the float start",
+    "sensitivity": "(d) sensitivity allocation (Fisher + knapsack)",
+}
+
+
+def search_section() -> list[str]:
+    lines = ["## Learned bit-widths: Fashion-MNIST ResNet-20, weights searched, activations fixed", ""]
+    r = _load("search_bits")
+    cmd = "python -m benchmarks.search_bits --budgets 3.0 2.5 --seeds 0 1 2"
+    if r is None:
+        return lines + [f"_not run yet_: `{cmd}`", ""]
+    s, runs = r["settings"], r["runs"]
+    total = s["search_epochs"] + s["finetune_epochs"]
+    lines += [f"From the float ResNet-20 of the accuracy benchmark; every arm trains {total} epochs in "
+              f"all on a fixed {s['train_limit']}-image subset (the search {s['search_epochs']} + "
+              f"fine-tuning {s['finetune_epochs']} for (a)); weights {s['min_bits']}–{s['max_bits']} "
+              f"bits, activations {s['act_bits']} bits, all layers searched (none pinned), no "
+              f"DropBits; Adam, cosine, lr {s['lr']:g}, quantizer lr {s['quant_lr']:g}. Top-1 on the "
+              "held-out t10k split, mean ± std over seeds. (b) at 2.5 bits is uniform 2-bit (no "
+              "uniform allocation has 2.5 bits).", "",
+              f"Command: `{r['env']['command']}`", "", f"Machine: {_env_line(r['env'])}", "",
+              "| budget (avg weight bits) | arm | top-1 % | avg weight bits | seeds |",
+              "|---:|---|---:|---:|---:|"]
+    budgets = sorted({k.split("/")[0] for k in runs}, key=lambda b: -float(b[1:]))
+    for b in budgets:
+        for arm, title in SEARCH_ARMS.items():
+            rows = [v for k, v in runs.items() if k.startswith(f"{b}/") and k.endswith(f"/{arm}")]
+            if rows:
+                bits = statistics.mean(v["avg_weight_bits"] for v in rows)
+                lines.append(f"| {b[1:]} | {title} | {_mean_sd([v['top1'] for v in rows])} | "
+                             f"{bits:.3f} | {len(rows)} |")
+    lines.append("")
+    return lines
+
+
 def ablation_section() -> list[str]:
     lines = ["## DropBits variants (choosing the default): Fashion-MNIST LeNet-5, all layers", ""]
     r = _load("dropbits_ablation")
@@ -240,7 +278,7 @@ def main() -> None:
              "section names the command that produced it. Protocol: `docs/benchmark-protocol.md` "
              "(ratios measured side by side in one run; accuracy on held-out splits only).", ""]
     lines += (step_time_section() + throughput_section() + grid_sections() + accuracy_section()
-              + export_section() + ablation_section())
+              + export_section() + search_section() + ablation_section())
     extra = Path(__file__).parent / "NOTES.md"
     if extra.is_file():
         lines += [extra.read_text().rstrip(), ""]
