@@ -44,6 +44,7 @@ def prepare(out: Path, *, resume: bool, overwrite: bool) -> Path:
     if resume:
         if not (out / RESUME).is_file():
             raise SrqError(f"nothing to resume in {out}: {RESUME} not found")
+        remove_stale_temporaries(out)
     elif out.is_dir() and any(out.iterdir()) and not overwrite:
         raise SrqError(f"output folder {out} is not empty; pass --overwrite to replace its run "
                        "or --resume to continue it")
@@ -79,3 +80,17 @@ def clear(out: Path) -> None:
     """Remove a previous run's outputs (``--overwrite``); other files are left alone."""
     for name in OUTPUTS:
         (out / name).unlink(missing_ok=True)
+    remove_stale_temporaries(out)
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete temporary files a killed run left mid-write (``.NAME.*.tmp``, srqcli.io.atomic).
+
+    The real file next to one is intact (it is only ever replaced by a rename), so the
+    temporary is garbage; only names of srq's own outputs are touched.
+    """
+    for name in OUTPUTS:
+        target = out / name
+        if target.parent.is_dir():
+            for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
