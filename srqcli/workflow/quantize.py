@@ -214,6 +214,9 @@ class Job:
 Checkpointer = Callable[[int, EpochProgress, torch.optim.Optimizer,
                          torch.optim.lr_scheduler.LRScheduler, list[EpochRecord]], None]
 RESUME_FORMAT = "srq.resume"
+#: Which training a resume checkpoint belongs to: pre-training the float model (no
+#: ``--checkpoint``) or the quantized fine-tuning. Older checkpoints have no phase: ``srq``.
+FLOAT_PHASE, SRQ_PHASE = "float", "srq"
 #: What a resumed run reads from its checkpoint (see :func:`_save_resume`).
 RESUME_KEYS = ("epoch", "progress", "model", "optimizer", "scheduler", "history", "plan",
                "torch_rng", "sampler_pass", "dropbits_rng", "recipe")
@@ -226,16 +229,19 @@ def quantizer_tensors(model: nn.Module) -> list[torch.Tensor]:
 
 def _save_resume(path: Path, model: nn.Module, optimizer, scheduler, epoch: int,
                  progress: EpochProgress, history: list[EpochRecord], plan: list[LayerBits],
-                 job: Job, schedule: DropBitsSchedule | None) -> None:
+                 job: Job, schedule: DropBitsSchedule | None, phase: str = SRQ_PHASE) -> None:
     """Everything a resumed run needs to continue bit-identically after ``progress.step``
     steps of ``epoch`` (0-based). The data position is the sampler's pass state plus the
-    step: the resumed run redraws the same order and skips the batches already trained on."""
+    step: the resumed run redraws the same order and skips the batches already trained on.
+    ``loader_rng`` (the generator after the pass's draws) lets a run killed between the end
+    of pre-training and its first SRQ checkpoint continue with the random stream it had."""
     save_state(path, {
-        "format": RESUME_FORMAT, "epoch": epoch, "progress": asdict(progress),
+        "format": RESUME_FORMAT, "phase": phase, "epoch": epoch, "progress": asdict(progress),
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "history": [asdict(h) for h in history],
         "plan": [asdict(p) for p in plan], "torch_rng": torch.get_rng_state(),
         "sampler_pass": job.train_loader.sampler.pass_state,
+        "loader_rng": job.train_loader.generator.get_state(),
         "dropbits_rng": schedule.generator.get_state() if schedule else None,
         "recipe": job.recipe.to_json(),
     })
@@ -297,28 +303,50 @@ def _check_start_plan(saved: list[LayerBits], requested: list[LayerBits], path: 
                    "--bit-config OUT/bits.toml) or start from a float checkpoint")
 
 
-def float_start(job: Job, model: nn.Module) -> tuple[nn.Module, EvalMetrics]:
-    """The float model to quantize (pre-trained here when no checkpoint) and its accuracy."""
+def float_start(job: Job, model: nn.Module, resume_state: dict[str, Any] | None = None
+                ) -> tuple[nn.Module, EvalMetrics]:
+    """The float model to quantize (pre-trained here when no checkpoint) and its accuracy.
+
+    ``resume_state`` is a pre-training checkpoint (``phase`` float) of a killed run.
+    """
     if job.recipe.model.checkpoint is None:
-        model = pretrain_float(job, model)
+        model = pretrain_float(job, model, resume_state)
     metrics = evaluate(model, job.val_loader, job.device, amp=job.amp, reporter=job.reporter,
                        label="float eval")
     job.console.print(f"float model: top-1 {metrics.top1:.2f}%")
     return model, metrics
 
 
-def pretrain_float(job: Job, model: nn.Module) -> nn.Module:
-    """Train the float model first (the built-in example and benchmarks start from scratch)."""
+def pretrain_float(job: Job, model: nn.Module, resume_state: dict[str, Any] | None = None
+                   ) -> nn.Module:
+    """Train the float model first (the built-in example and benchmarks start from scratch).
+
+    Checkpointed like the SRQ training (``phase`` float), so a run killed while pre-training
+    resumes there; a resumed run whose pre-training had finished reuses the float start.
+    """
     path = job.out / rundir.FLOAT
     # A resumed run reuses the float start written before (read on rank 0, sent to all).
     saved = distributed.on_main(lambda: load_model(path)[0].state_dict() if path.is_file() else None)
     if saved is not None:
         model.load_state_dict(saved)
+        if resume_state is not None:  # killed after pre-training, before the first SRQ checkpoint
+            torch.set_rng_state(resume_state["torch_rng"])
+            job.train_loader.generator.set_state(resume_state["loader_rng"])
         return model
     m = job.recipe.model
-    job.console.print(f"[bold]Training the float {m.arch}[/] for {m.pretrain_epochs} epochs "
-                      "(no --checkpoint given)")
-    job.fit(model, m.pretrain_epochs, m.pretrain_lr, "float")
+    if resume_state is None:
+        job.console.print(f"[bold]Training the float {m.arch}[/] for {m.pretrain_epochs} epochs "
+                          "(no --checkpoint given)")
+    else:
+        model.load_state_dict(resume_state["model"])
+        torch.set_rng_state(resume_state["torch_rng"])
+
+    def checkpoint(epoch, progress, optimizer, scheduler, history):
+        distributed.on_main(lambda: _save_resume(job.out / rundir.RESUME, model, optimizer, scheduler,
+                                                 epoch, progress, history, [], job, None, FLOAT_PHASE))
+
+    job.fit(model, m.pretrain_epochs, m.pretrain_lr, "float", resume_state=resume_state,
+            checkpoint=checkpoint)
     distributed.on_main(lambda: save_model(path, model, job.info([])))
     return model
 
@@ -352,7 +380,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle:
         from srqcli.config import recipe_from_dict
 
         recipe = recipe_from_dict(json.loads(state["recipe"]))
-        console.print(f"[dim]resuming {out} at epoch {state['epoch'] + 1}, step "
+        what = "float pre-training" if state.get("phase") == FLOAT_PHASE else "srq training"
+        console.print(f"[dim]resuming {out}: {what} at epoch {state['epoch'] + 1}, step "
                       f"{state['progress']['step']}, with its saved recipe[/]")
     elif overwrite:
         distributed.on_main(lambda: rundir.clear(out))
@@ -362,7 +391,10 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle:
         job = Job(recipe, out, console, reporter)
         model = build_float_model(recipe, job.data, weights).to(job.device)
         distributed.on_main(lambda: write_text_atomic(out / rundir.RECIPE, to_toml(recipe)))
-        model, float_metrics = float_start(job, model)
+        # A pre-training checkpoint continues the float training; an SRQ one, the quantized.
+        float_state = state if state is not None and state.get("phase") == FLOAT_PHASE else None
+        state = None if float_state is not None else state
+        model, float_metrics = float_start(job, model, float_state)
 
         start_plan = quantized_start_plan(recipe) if state is None else None
         model, plan = job.quantize(model, recipe.quant, state, start_plan)

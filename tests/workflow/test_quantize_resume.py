@@ -40,17 +40,20 @@ def history(run: Path) -> list[tuple[float, float, float]]:
 
 
 @pytest.mark.slow
-def test_resume_mid_epoch_after_interrupt_is_bit_identical(tmp_path, monkeypatch, eager_srq):
+@pytest.mark.parametrize("crash_at", [("srq", 1, 10), ("float", 2, 10)],
+                         ids=["srq-training", "float-pretraining"])
+def test_resume_mid_epoch_after_interrupt_is_bit_identical(tmp_path, monkeypatch, eager_srq, crash_at):
     full = tmp_path / "full"
     run_quantize(quick_recipe(train__epochs=2), full, show_progress=False)
 
     real_save = qmod._save_resume
-    saved_steps: list[tuple[int, int]] = []
+    saved_steps: list[tuple[str, int, int]] = []
 
     def save_then_crash(path, model, optimizer, scheduler, epoch, progress, *args):
         real_save(path, model, optimizer, scheduler, epoch, progress, *args)
-        saved_steps.append((epoch, progress.step))
-        if (epoch, progress.step) == (1, 10):  # killed between steps 10 and 11 of epoch 2
+        phase = args[4] if len(args) > 4 else qmod.SRQ_PHASE
+        saved_steps.append((phase, epoch, progress.step))
+        if saved_steps[-1] == crash_at:  # killed between steps 10 and 11 of that epoch
             raise KeyboardInterrupt
 
     monkeypatch.setattr(qmod, "_save_resume", save_then_crash)
@@ -58,7 +61,14 @@ def test_resume_mid_epoch_after_interrupt_is_bit_identical(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         run_quantize(quick_recipe(train__epochs=2, train__checkpoint_every=5), part,
                      show_progress=False)
-    assert saved_steps == [(0, 5), (0, 10), (0, 15), (0, 20), (0, STEPS_PER_EPOCH), (1, 5), (1, 10)]
+    every_5 = [5, 10, 15, 20, STEPS_PER_EPOCH]
+    float_steps = [("float", e, s) for e in range(4) for s in every_5]  # quick_recipe: 4 epochs
+    if crash_at[0] == "srq":
+        srq_steps = [("srq", 0, s) for s in every_5] + [("srq", 1, 5), ("srq", 1, 10)]
+        assert saved_steps == float_steps + srq_steps
+    else:
+        assert saved_steps == float_steps[:float_steps.index(crash_at) + 1]
+        assert not (part / rundir.FLOAT).exists()  # killed while pre-training
     assert not (part / rundir.MODEL).exists()  # nothing final written by the crashed run
     monkeypatch.setattr(qmod, "_save_resume", real_save)
     run_quantize(quick_recipe(), part, resume=True, show_progress=False)  # the saved recipe wins
@@ -77,8 +87,21 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "SRQ_FUSED": "0"}
 
 
+def _wait_for_checkpoint(path: Path, phase: str, proc: subprocess.Popen) -> None:
+    """Poll until the run has written a checkpoint of ``phase`` (or has ended)."""
+    deadline, seen = time.monotonic() + 120, None
+    while proc.poll() is None and time.monotonic() < deadline:
+        stamp = path.stat().st_mtime_ns if path.exists() else None
+        if stamp is not None and stamp != seen:
+            seen = stamp
+            if torch.load(path, map_location="cpu", weights_only=True)["phase"] == phase:
+                return
+        time.sleep(0.02)
+
+
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("phase", ["srq", "float"])
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, phase):
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(to_toml(quick_recipe(model__pretrain_epochs=1, train__epochs=2,
                                            train__checkpoint_every=3)))
@@ -88,14 +111,13 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     proc = subprocess.Popen(_quantize_cmd(recipe, part), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = part / rundir.RESUME
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _wait_for_checkpoint(checkpoint, phase, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    assert state["epoch"] == 0 and 0 < state["progress"]["step"] < STEPS_PER_EPOCH  # mid-epoch
+    assert state["phase"] == phase and state["epoch"] == 0
+    assert 0 < state["progress"]["step"] < STEPS_PER_EPOCH  # mid-epoch
     assert not (part / rundir.MODEL).exists()
 
     subprocess.run(_quantize_cmd(recipe, part, "--resume"), env=_env(), check=True,
