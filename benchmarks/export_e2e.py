@@ -1,11 +1,14 @@
 """Exported artifacts on real data and their speed: the trained Fashion-MNIST ResNet-20.
 
 Uses the SRQ + DropBits runs written by ``benchmarks.fmnist_accuracy`` (W4A4 and W3A3) and:
-1. exports each as QDQ ONNX (verified at export on t10k batches) and as packed safetensors;
+1. exports each as QDQ ONNX (verified at export on t10k batches; also with ``--float-unfused``
+   and ``--requant``) and as packed safetensors;
 2. evaluates the PyTorch checkpoint, the ONNX file (onnxruntime, default optimisation) and the
    packed file on all 10,000 t10k images: top-1 and prediction agreement;
-3. measures onnxruntime latency (2 threads, batch 1 and 16, median of 30) of the exported
-   model against the float ONNX export of the same network, listing the integer kernels run;
+3. measures onnxruntime latency (2 threads, batch 1 and 16, median of 30 alternating rounds)
+   of the exported model against the float ONNX export of the same network, listing the
+   integer kernels run;
+   ``--float-unfused`` stores the convs that cannot fuse with float weights (still exact);
    with ``--requant`` the residual/stem conv outputs get calibrated int8 Q/DQ too (see notes);
 4. compares file sizes with the limit Σ bits·params/8.
 
@@ -15,6 +18,7 @@ Uses the SRQ + DropBits runs written by ``benchmarks.fmnist_accuracy`` (W4A4 and
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
@@ -22,7 +26,7 @@ from benchmarks.common import RESULTS, write_result
 from srqcli.data import DataSpec, load_datasets, make_loaders
 from srqcli.errors import SrqError
 from srqcli.export.artifacts import load_any
-from srqcli.export.bench import float_onnx, integer_ops, latency
+from srqcli.export.bench import float_onnx, integer_ops, latency_table
 from srqcli.export.workflow import eager_quantizers, run_export
 from srqcli.io.quantized import load_model
 from srqcli.report.stats import layer_stats
@@ -57,6 +61,7 @@ def main() -> None:
         exports = {}
         for name, file, kwargs in (
                 ("onnx", "model.onnx", {"fmt": "onnx"}),
+                ("onnx_float_unfused", "model.float-unfused.onnx", {"fmt": "onnx", "float_unfused": True}),
                 ("onnx_requant", "model.requant.onnx", {"fmt": "onnx", "requant": True}),
                 ("onnx_packed", "model.packed.onnx", {"fmt": "onnx", "layout": "packed"}),
                 ("safetensors", "model.packed.safetensors", {"fmt": "safetensors"})):
@@ -71,7 +76,7 @@ def main() -> None:
             packed, _ = predictions(load_any(exports["safetensors"].path)[0], val)
         row["pytorch_top1"] = float((ref == labels).float().mean() * 100)
         row["packed_safetensors_identical"] = bool(torch.equal(packed, ref))
-        for name in ("onnx", "onnx_requant", "onnx_packed"):
+        for name in ("onnx", "onnx_float_unfused", "onnx_requant", "onnx_packed"):
             pred, _ = predictions(load_any(exports[name].path)[0], val)
             row[f"{name}_top1"] = float((pred == labels).float().mean() * 100)
             row[f"{name}_agreement"] = float((pred == ref).float().mean() * 100)
@@ -79,14 +84,15 @@ def main() -> None:
         float_model, _ = load_model(next(CACHE.glob("resnet20_fmnist_float_*.safetensors")))
         fl = float_onnx(float_model, (1, info.in_channels, info.image_size, info.image_size), out / "float.onnx")
         shape = (info.in_channels, info.image_size, info.image_size)
-        row["latency_ms"] = {}
-        for batch in (1, 16):
-            for name, path in (("float", fl), ("onnx", onnx_exact.path), ("onnx_requant", onnx_requant.path)):
-                row["latency_ms"][f"{name}_b{batch}"] = 1000 * latency(path, (batch, *shape), threads=2, runs=30)
-        row["integer_ops"] = {"onnx": integer_ops(onnx_exact.path), "onnx_requant": integer_ops(onnx_requant.path)}
+        row["load_average"] = list(os.getloadavg())
+        timed = {"onnx": onnx_exact.path, "onnx_float_unfused": exports["onnx_float_unfused"].path,
+                 "onnx_requant": onnx_requant.path}
+        row.update(latency_table({"float": fl, **timed}, shape, threads=2, rounds=30))
+        row["integer_ops"] = {name: integer_ops(path) for name, path in timed.items()}
         stats = layer_stats(model)
         limit = sum(s.params * s.weight_bits for s in stats) / 8
         row["bytes"] = {"float_onnx": fl.stat().st_size, "qdq_onnx": onnx_exact.bytes,
+                        "qdq_float_unfused_onnx": exports["onnx_float_unfused"].bytes,
                         "packed_onnx": onnx_packed.bytes, "packed_safetensors": st.bytes,
                         "checkpoint": (run / "model.safetensors").stat().st_size,
                         "limit_quantized_weights": limit}

@@ -170,43 +170,93 @@ def _accuracy_table(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _load_text(load: dict[str, list[float]]) -> str:
+    """The 1-minute load average around the timings, and whether it means contention."""
+    worst = max(load["before"][0], load["after"][0])
+    note = " — **measured under load** (other jobs on the 2 cores): absolute times are inflated, " \
+           "ratios are side by side but noisy" if worst > 1.0 else ""
+    return f"Load average (1 min) before/after the timings: {load['before'][0]:.2f} / {load['after'][0]:.2f}{note}."
+
+
+def export_latency_section() -> list[str]:
+    lines = ["## Exported ResNet-18: onnxruntime latency (random weights, speed only)", ""]
+    r = _load("export_latency_resnet18")
+    if r is None:
+        return lines + ["_not run yet_", ""]
+    quantized = list(r["integer_ops"])
+    lines += ["torchvision ResNet-18 at 224×224, 1000 classes, **random weights** (BatchNorm randomised, "
+              "quantizers calibrated on random batches): these numbers are about speed only, no accuracy "
+              f"claim. onnxruntime at its default level, {r['threads']} intra-op threads; every model timed "
+              f"side by side in {r['rounds']} alternating rounds per batch size, median time and median "
+              "per-round speed-up over the float ONNX export of the same network (BatchNorm folded, "
+              "same builder). `w4a4`/`w3a3` are the exact qdq export, `float unfused` is `qdq --float-unfused` "
+              "(exact too), `requant` is `qdq --requant` (not bit-exact). Target: ≥ 2× float.",
+              "", f"Command: `{r['env']['command']}`", "", f"Machine: {_env_line(r['env'])}", "",
+              _load_text(r["load_average"]), "",
+              "| export | batch | ms | float ms | speed-up | integer kernels run | file MB (float "
+              f"{r['bytes']['float'] / 1e6:.1f}) |", "|---|---:|---:|---:|---:|---|---:|"]
+    for b in (1, 16):
+        for n in quantized:
+            ops = ", ".join(f"{k} ×{v}" for k, v in r["integer_ops"][n].items())
+            lines.append(f"| {n.replace('_', ' ')} | {b} | {r['latency_ms'][f'{n}_b{b}']:.1f} | "
+                         f"{r['latency_ms'][f'float_b{b}']:.1f} | {r['speedup'][f'{n}_b{b}']:.2f}× | {ops} | "
+                         f"{r['bytes'][n] / 1e6:.1f} |")
+    lines += ["", "Where the time goes at batch 1 (onnxruntime profiler, ms per run by op type, top 5):", ""]
+    for n, ops in r["profile_ms_b1"].items():
+        top = ", ".join(f"{k} {v:.1f}" for k, v in list(ops.items())[:5])
+        lines.append(f"- {n.replace('_', ' ')}: {top}")
+    lines.append("")
+    return lines
+
+
 def export_section() -> list[str]:
     lines = ["## Exported artifacts: Fashion-MNIST ResNet-20 (trained, SRQ + DropBits)", ""]
     r = _load("export_e2e")
     if r is None:
         return lines + ["_not run yet_", ""]
     lines += ["The W4A4 and W3A3 runs of the accuracy benchmark above, exported and evaluated on all "
-              "10,000 t10k images; onnxruntime at its default optimisation level, 2 threads, median of "
-              "30 runs. `qdq` is the exact export (verified at export); `qdq --requant` adds calibrated "
-              "int8 Q/DQ on residual-branch and stem conv outputs so every conv fuses (not bit-exact).",
+              "10,000 t10k images; onnxruntime at its default optimisation level, 2 threads, every "
+              "model timed side by side in 30 alternating rounds (median time, median per-round "
+              "speed-up over the float ONNX export). `qdq` is the exact export (verified at export); "
+              "`--float-unfused` stores the convs that cannot fuse with float32 weights (same values, "
+              "exact); `--requant` adds calibrated int8 Q/DQ on residual-branch and stem conv outputs "
+              "so every conv fuses (not bit-exact).",
               "", f"Command: `{r['env']['command']}`", "", f"Machine: {_env_line(r['env'])}", "",
-              "| model | PyTorch top-1 | ORT top-1 (qdq) | agreement | ORT top-1 (requant) | agreement | packed ONNX top-1 | packed safetensors identical |",
-              "|---|---:|---:|---:|---:|---:|---:|:-:|"]
+              "| model | PyTorch top-1 | ORT top-1 (qdq) | agreement | ORT top-1 (float-unfused) | agreement "
+              "| ORT top-1 (requant) | agreement | packed ONNX top-1 | packed safetensors identical |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|:-:|"]
     for name, row in r["runs"].items():
-        lines.append(f"| {name.upper()} | {row['pytorch_top1']:.2f} | {row['onnx_top1']:.2f} | "
-                     f"{row['onnx_agreement']:.2f}% | {row['onnx_requant_top1']:.2f} | "
-                     f"{row['onnx_requant_agreement']:.2f}% | {row['onnx_packed_top1']:.2f} | "
+        cells = " | ".join(f"{row[f'{k}_top1']:.2f} | {row[f'{k}_agreement']:.2f}%"
+                           for k in ("onnx", "onnx_float_unfused", "onnx_requant"))
+        lines.append(f"| {name.upper()} | {row['pytorch_top1']:.2f} | {cells} | {row['onnx_packed_top1']:.2f} | "
                      f"{'yes' if row['packed_safetensors_identical'] else 'NO'} |")
     for name, row in r["runs"].items():
         for artifact, why in row.get("refused", {}).items():
             lines.append(f"\n**{name.upper()} {artifact}: refused by export verification** ({why}); the "
                          "numbers in its columns are from the same export written with `--no-verify`.")
-    lines += ["", "| model | batch | float ONNX (ms) | qdq (ms) | speed-up | qdq --requant (ms) | speed-up |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| model | batch | float ONNX (ms) | qdq (ms) | speed-up | --float-unfused (ms) | speed-up "
+              "| --requant (ms) | speed-up | load (1 min) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in r["runs"].items():
-        lat = row["latency_ms"]
+        lat, up = row["latency_ms"], row["speedup"]
         for b in (1, 16):
-            f, q, rq = lat[f"float_b{b}"], lat[f"onnx_b{b}"], lat[f"onnx_requant_b{b}"]
-            lines.append(f"| {name.upper()} | {b} | {f:.2f} | {q:.2f} | {f / q:.2f}× | {rq:.2f} | {f / rq:.2f}× |")
+            cells = " | ".join(f"{lat[f'{k}_b{b}']:.2f} | {up[f'{k}_b{b}']:.2f}×"
+                               for k in ("onnx", "onnx_float_unfused", "onnx_requant"))
+            lines.append(f"| {name.upper()} | {b} | {lat[f'float_b{b}']:.2f} | {cells} | {row['load_average'][0]:.2f} |")
+    if max(row["load_average"][0] for row in r["runs"].values()) > 1.0:
+        lines += ["", "**Measured under load** (load average > 1 on 2 cores: other jobs running): absolute "
+                  "times are inflated; the ratios are side by side but noisy."]
     lines += ["", "Integer kernels onnxruntime executes: " + "; ".join(
-        f"{n.upper()} qdq {row['integer_ops']['onnx']}, requant {row['integer_ops']['onnx_requant']}"
+        f"{n.upper()} " + ", ".join(f"{k.removeprefix('onnx').replace('_', ' ').strip() or 'qdq'} "
+                                    f"({', '.join(f'{op} ×{c}' for op, c in ops.items())})"
+                                    for k, ops in row["integer_ops"].items())
         for n, row in r["runs"].items()), "",
-        "| model | float ONNX | qdq ONNX | packed ONNX (÷ float) | packed safetensors | Σ bits·params/8 (quantized weights) | checkpoint |",
-        "|---|---:|---:|---:|---:|---:|---:|"]
+        "| model | float ONNX | qdq ONNX | --float-unfused ONNX | packed ONNX (÷ float) | packed safetensors "
+        "| Σ bits·params/8 (quantized weights) | checkpoint |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in r["runs"].items():
         b = row["bytes"]
-        lines.append(f"| {name.upper()} | {b['float_onnx']:,} | {b['qdq_onnx']:,} | {b['packed_onnx']:,} "
-                     f"({b['packed_onnx'] / b['float_onnx']:.3f}×) | {b['packed_safetensors']:,} | "
+        lines.append(f"| {name.upper()} | {b['float_onnx']:,} | {b['qdq_onnx']:,} | {b['qdq_float_unfused_onnx']:,} "
+                     f"| {b['packed_onnx']:,} ({b['packed_onnx'] / b['float_onnx']:.3f}×) | {b['packed_safetensors']:,} | "
                      f"{b['limit_quantized_weights']:,.0f} | {b['checkpoint']:,} |")
     lines.append("")
     return lines
@@ -280,7 +330,7 @@ def main() -> None:
              "section names the command that produced it. Protocol: `docs/benchmark-protocol.md` "
              "(ratios measured side by side in one run; accuracy on held-out splits only).", ""]
     lines += (step_time_section() + throughput_section() + grid_sections() + accuracy_section()
-              + export_section() + search_section() + ablation_section())
+              + export_section() + export_latency_section() + search_section() + ablation_section())
     extra = Path(__file__).parent / "NOTES.md"
     if extra.is_file():
         lines += [extra.read_text().rstrip(), ""]

@@ -24,6 +24,7 @@ def export_command(
     batches: Annotated[int, typer.Option(help="Batches used for verification.")] = 4,
     batch_size: Annotated[int, typer.Option(help="Verification batch size.")] = 32,
     requant: Annotated[bool, typer.Option("--requant", help="Also quantize to int8 the layer outputs PyTorch keeps in float (residual branches, average-pool inputs; steps calibrated on --data or random inputs) so every conv runs as an integer kernel: ~2x faster ResNets, but no longer bit-exact; verified by top-1 agreement with --data.")] = False,
+    float_unfused: Annotated[bool, typer.Option("--float-unfused", help="Store the weights of convolutions whose output stays float (residual branches, stem; onnxruntime cannot fuse them) as float32 instead of int8 codes: the same values, still exact, but onnxruntime no longer dequantizes them on every run (faster exact export, larger file).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Export a quantized model to ONNX or packed safetensors, verified against PyTorch."""
@@ -31,7 +32,7 @@ def export_command(
 
     res = run_export(target, fmt=format.strip().lower(), layout=layout.strip().lower(), opset=opset, out=out, data=data,
                      verify=verify, batches=batches, batch_size=batch_size, requant=requant,
-                     console=err_console)
+                     float_unfused=float_unfused, console=err_console)
     if as_json:
         out_console.print_json(json.dumps(res.to_dict()))
         return

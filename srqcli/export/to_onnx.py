@@ -20,6 +20,13 @@ the container's saturation at 0, a ReLU6 is a tighter clip bound, and max-pool/f
 with a monotone elementwise quantizer. A conv whose output is read in float (a residual add,
 average pooling, the logits) keeps a float bias and runs as ``DQ → Conv``.
 
+Such a float-output conv cannot fuse, and onnxruntime does not constant-fold a weight
+``DequantizeLinear`` in a QDQ model: it dequantizes the codes on every run and the conv then
+cannot pre-pack its weights (ResNet-18: ~12 of ~20 convs, most of the run time). Opt-in
+(``float_unfused``): those convs store ``codes·scale`` as float32 initializers instead, the
+very values ``DequantizeLinear`` computes, so the export stays exact and runs them as
+pre-packed float convs, at the price of 4 bytes per weight for those layers.
+
 A fused layer's bias is rounded by onnxruntime to the int32 accumulator grid
 ``x_scale·w_scale``; to keep that rounding far below PyTorch's float bias, such layers store
 their weight codes times a per-channel integer and their (unsigned) input codes shifted left
@@ -232,9 +239,10 @@ class OnnxStats:
 
 class _Builder:
     def __init__(self, traced: TracedModel, frozen: FrozenModel, layout: str, opset: int,
-                 requant: dict[str, float] | None = None) -> None:
+                 requant: dict[str, float] | None = None, float_unfused: bool = False) -> None:
         self.traced, self.frozen, self.layout, self.opset = traced, frozen, layout, opset
         self.requant = requant or {}
+        self.float_unfused = float_unfused
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.used: set[str] = {INPUT_NAME, OUTPUT_NAME}
@@ -335,9 +343,10 @@ class _Builder:
             scale = self.const(np.array(step / np.float32(1 << shift), dtype=np.float32), "act_scale")
         return self.op("DequantizeLinear", [q, scale, zp], f"{base}.dq")
 
-    def weight(self, fl: FrozenLayer, scaling: CodeScaling | None = None) -> str:
+    def weight(self, fl: FrozenLayer, scaling: CodeScaling | None = None, as_float: bool = False) -> str:
         """Dequantized weight tensor name; ``scaling`` multiplies the codes per channel and
-        divides the scales by the same factors."""
+        divides the scales by the same factors. ``as_float``: a float32 initializer holding
+        exactly what ``DequantizeLinear`` would compute (``float32(code)·scale``)."""
         packed = self.layout == "packed"
         codes = (fl.codes if packed else fl.deploy_codes).numpy()
         # packed: trained codes, a negative γ stays in the scale (INT4 cannot hold −(−8))
@@ -346,8 +355,12 @@ class _Builder:
             mult = scaling.weight_mult
             codes = codes * mult.reshape(-1, *([1] * (codes.ndim - 1)))
             scale = (scale / mult.astype(np.float32)).astype(np.float32)
-        per_channel = fl.per_channel or fl.bn is not None or len(np.unique(scale)) > 1
         base = f"{fl.name}.weight"
+        if as_float:
+            self.stats.weight_types[fl.name] = TensorProto.DataType.Name(TensorProto.FLOAT)
+            per_out = scale.reshape(-1, *([1] * (codes.ndim - 1))) if scale.ndim else scale
+            return self.init(base, codes.astype(np.float32) * per_out)
+        per_channel = fl.per_channel or fl.bn is not None or len(np.unique(scale)) > 1
         bits = fl.weight_bits
         if packed and bits <= 2 and self.opset >= INT2_OPSET:
             dtype, width = TensorProto.INT2, 2
@@ -399,8 +412,9 @@ class _Builder:
                                   f"{fl.name}.input", shift=scaling.act_shift if scaling else 0)
         fused = self.output_quantized(node)
         (self.stats.fused_candidates if fused else self.stats.float_output_layers).append(fl.name)
-        w = self.weight(fl, scaling)
         requant = not fused and fl.name in self.requant
+        # a float-output Gemm still fuses (QGemm), a float-output conv does not
+        w = self.weight(fl, scaling, as_float=self.float_unfused and fl.kind == "conv" and not (fused or requant))
         # The bias goes into a separate Add where no integer kernel will use it. qdq: a
         # float-output Gemm fuses into QGemm only without a bias input. packed: onnxruntime's
         # basic level would round a DQ → Conv's bias to int32 although nothing fuses (W3A3
@@ -674,19 +688,23 @@ class _Builder:
 
 
 def build_onnx(traced: TracedModel, frozen: FrozenModel, *, layout: str = "qdq", opset: int | None = None,
-               metadata: dict[str, str] | None = None,
-               requant: dict[str, float] | None = None) -> tuple[onnx.ModelProto, OnnxStats]:
+               metadata: dict[str, str] | None = None, requant: dict[str, float] | None = None,
+               float_unfused: bool = False) -> tuple[onnx.ModelProto, OnnxStats]:
     """The ONNX model of a traced, frozen quantized model (not yet checked).
 
     ``requant`` (opt-in, ``qdq`` layout): layer name → int8 step for layers whose output the
     PyTorch model keeps in float (residual branches, inputs of average pooling); a
     ``Q → DQ`` on that output lets onnxruntime fuse the layer too, at the price of an 8-bit
     rounding PyTorch does not do. See :func:`srqcli.export.workflow.calibrate_requant`.
+    ``float_unfused`` (opt-in, ``qdq`` layout): convs whose output stays float get float32
+    weights (same values) instead of int8 codes and ``DequantizeLinear`` (module docstring).
     """
     opset = check_opset(layout, opset)
     if requant and layout != "qdq":
         raise SrqError("--requant applies to the qdq layout only (packed layers never fuse)")
-    builder = _Builder(traced, frozen, layout, opset, requant)
+    if float_unfused and layout != "qdq":
+        raise SrqError("--float-unfused applies to the qdq layout only (the packed layout is for size)")
+    builder = _Builder(traced, frozen, layout, opset, requant, float_unfused)
     graph = builder.build()
     ops = [helper.make_opsetid("", opset)]
     model = helper.make_model(graph, opset_imports=ops, producer_name="srq",

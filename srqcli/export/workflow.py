@@ -268,13 +268,16 @@ def export_onnx(model: nn.Module, info: ModelInfo | None, out: str | os.PathLike
                 opset: int | None = None, verify: bool = True,
                 batches: list[torch.Tensor] | None = None, inputs: str = "random",
                 real_data: bool = False, list_ops: bool = True,
-                shape: tuple[int, ...] | None = None, requant: bool = False) -> ExportResult:
+                shape: tuple[int, ...] | None = None, requant: bool = False,
+                float_unfused: bool = False) -> ExportResult:
     """Build, check, (verify and) write the ONNX model of a quantized ``model``.
 
     ``info`` (from the srq model file) supplies the input shape and the metadata; without it
     pass ``shape`` (NCHW; any batch size). ``requant`` adds int8 quantization to the layer
     outputs PyTorch keeps in float (calibrated on ``batches``) so that every layer fuses;
     the export is then no longer exact and is verified by top-1 agreement on real data.
+    ``float_unfused`` stores the weights of convs that cannot fuse as float32 (same values,
+    still exact; faster in onnxruntime, larger file: :mod:`srqcli.export.to_onnx`).
     """
     import onnx
 
@@ -302,7 +305,8 @@ def export_onnx(model: nn.Module, info: ModelInfo | None, out: str | os.PathLike
         steps = calibrate_requant(model, traced, frozen, targets, batches)
     meta = onnx_metadata(info, frozen, layout)
     meta["srq.requantized_outputs"] = json.dumps(steps or {})
-    proto, stats = build_onnx(traced, frozen, layout=layout, opset=opset, metadata=meta, requant=steps)
+    proto, stats = build_onnx(traced, frozen, layout=layout, opset=opset, metadata=meta, requant=steps,
+                              float_unfused=float_unfused)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # onnx.checker.ValidationError, shape inference errors
@@ -355,7 +359,7 @@ def export_safetensors(model: nn.Module, info: ModelInfo, out: str | os.PathLike
 
 def run_export(target: str, *, fmt: str = "onnx", layout: str = "qdq", opset: int | None = None,
                out: str | os.PathLike | None = None, data: str | None = None, verify: bool = True,
-               batches: int = 4, batch_size: int = 32, requant: bool = False,
+               batches: int = 4, batch_size: int = 32, requant: bool = False, float_unfused: bool = False,
                console: Console | None = None) -> ExportResult:
     """``srq export``: load ``target``, export it and verify the artifact before writing it."""
     from srqcli.export.to_onnx import LAYOUTS, check_opset
@@ -368,8 +372,9 @@ def run_export(target: str, *, fmt: str = "onnx", layout: str = "qdq", opset: in
         raise SrqError(f"unknown layout {layout!r}; use {' or '.join(LAYOUTS)}")
     elif opset is not None:
         raise SrqError("--opset applies to --format onnx only")
-    if requant and (fmt != "onnx" or layout != "qdq"):
-        raise SrqError("--requant applies to --format onnx --layout qdq only")
+    for flag, on in (("--requant", requant), ("--float-unfused", float_unfused)):
+        if on and (fmt != "onnx" or layout != "qdq"):
+            raise SrqError(f"{flag} applies to --format onnx --layout qdq only")
     source = resolve_source(target)
     dest = Path(out) if out is not None else default_output(source, fmt, layout)
     if dest.exists() and dest.resolve() == source.resolve():
@@ -383,7 +388,7 @@ def run_export(target: str, *, fmt: str = "onnx", layout: str = "qdq", opset: in
         console.print(f"verifying on {desc}", highlight=False)
     if fmt == "onnx":
         res = export_onnx(model, info, dest, layout=layout, opset=opset, verify=verify, batches=vb, inputs=desc,
-                          real_data=data is not None, requant=requant)
+                          real_data=data is not None, requant=requant, float_unfused=float_unfused)
     else:
         res = export_safetensors(model, info, dest, verify=verify, batches=vb)
     res.source = source

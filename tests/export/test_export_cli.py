@@ -156,6 +156,7 @@ def test_float_checkpoint_is_refused(run_dir, tmp_path):
     (["--layout", "packed", "--opset", "19"], "needs opset 21"),
     (["--format", "safetensors", "--opset", "21"], "--opset applies to --format onnx only"),
     (["--batches", "0"], "at least 1"),
+    (["--layout", "packed", "--float-unfused"], "--float-unfused applies to --format onnx --layout qdq only"),
 ])
 def test_bad_options(run_dir, tmp_path, args, needle):
     out = tmp_path / "x.out"

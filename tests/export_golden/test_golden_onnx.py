@@ -335,3 +335,26 @@ def test_requant_fuses_every_conv(tmp_path):
     results = {(r["level"], r["against"]): r for r in res.verify["results"]}
     assert results[("default", "integer-reference")]["within_one_step"] >= 0.9
     assert results[("disabled", "pytorch")]["top1_agreement"] >= 0.9
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_float_unfused_is_exact(tmp_path, per_channel):
+    """``--float-unfused``: the convs that cannot fuse (output read in float) get float32
+    weights holding exactly what their DequantizeLinear computed, so the unoptimised graph
+    gives bit-identical outputs; the fused layers are unchanged."""
+    from srqcli.export.workflow import export_onnx
+
+    model = make("residual", 3, per_channel=per_channel)
+    x = torch.from_numpy(inputs())
+    shape = (1, 3, SIZE, SIZE)
+    base = export_onnx(model, None, tmp_path / "q.onnx", shape=shape, batches=[x])
+    fast = export_onnx(model, None, tmp_path / "f.onnx", shape=shape, batches=[x], float_unfused=True)
+    float_convs = {n for n, t in fast.details["weight_types"].items() if t == "FLOAT"}
+    assert float_convs == {"stem.0", "c2", "c4", "down.0"} == set(fast.details["float_output_layers"]) - {"fc"}
+    assert fast.verify["ok"] and fast.verify["executed_op_types"].get("QLinearConv") == \
+        base.verify["executed_op_types"].get("QLinearConv")
+    xs = x.numpy()
+    assert np.array_equal(run_onnx(ort_session(fast.path, "disabled"), xs),
+                          run_onnx(ort_session(base.path, "disabled"), xs))
+    assert "DequantizeLinear" not in {n.op_type for n in onnx.load(str(fast.path)).graph.node
+                                      if n.output[0].startswith(tuple(f"{c}.weight" for c in float_convs))}
