@@ -262,6 +262,28 @@ def export_section() -> list[str]:
     return lines
 
 
+def data_loading_section() -> list[str]:
+    lines = ["## Data loading vs the training step (CPU)", ""]
+    found = sorted(RESULTS.glob("data_loading_*.json"))
+    if not found:
+        return lines + ["_not run yet_: `python -m benchmarks.data_loading`", ""]
+    for path in found:
+        r = json.loads(path.read_text())
+        train = r["training_images_per_s"]
+        lines += [f"{r['arch']} W{r['bits']}A{r['bits']}, batch {r['batch']}, input "
+                  f"{'×'.join(map(str, r['input']))} PNG ImageFolder ({r['images_per_class']} images per "
+                  f"class) on {r['device']}. Training: float {train['float']:,.0f} img/s, SRQ "
+                  f"{train['srq']:,.0f} img/s. A ratio above 1 means loading outruns training.", "",
+                  f"Command: `{r['env']['command']}`", "", f"Machine: {_env_line(r['env'])}", "",
+                  "| loader workers | loading img/s | ÷ float training | ÷ SRQ training |",
+                  "|---:|---:|---:|---:|"]
+        for workers, ips in r["loading_images_per_s"].items():
+            ratio = r["loading_to_training_ratio"][workers]
+            lines.append(f"| {workers} | {ips:,.0f} | {ratio['float']:.1f}× | {ratio['srq']:.1f}× |")
+        lines.append("")
+    return lines
+
+
 SEARCH_ARMS = {
     "learned": "(a) learned allocation, searched weights fine-tuned",
     "uniform": "(b) uniform bits within the budget",
@@ -330,7 +352,8 @@ def main() -> None:
              "section names the command that produced it. Protocol: `docs/benchmark-protocol.md` "
              "(ratios measured side by side in one run; accuracy on held-out splits only).", ""]
     lines += (step_time_section() + throughput_section() + grid_sections() + accuracy_section()
-              + export_section() + export_latency_section() + search_section() + ablation_section())
+              + export_section() + export_latency_section() + search_section() + ablation_section()
+              + data_loading_section())
     extra = Path(__file__).parent / "NOTES.md"
     if extra.is_file():
         lines += [extra.read_text().rstrip(), ""]
