@@ -6,7 +6,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import tomllib
 import typer
 from rich.table import Table
 
@@ -21,26 +20,10 @@ from srqcli.cli.app import (
 from srqcli.config import Recipe, apply_overrides, load_recipe
 from srqcli.errors import SrqError
 from srqcli.methods.names import METHODS
+from srqcli.search.allocation import read_allocation
 from srqcli.train.distributed import is_main
 
 Method = Enum("Method", {m: m for m in METHODS}, type=str)
-
-def read_bit_config(path: Path) -> dict[str, dict[str, int]]:
-    """Per-layer bits from a TOML file: ``[layers]`` with ``"name" = {weight_bits=…, act_bits=…}``."""
-    if not path.is_file():
-        raise SrqError(f"bit config not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SrqError(f"bit config {path} is not valid TOML: {exc}") from exc
-    layers = data.get("layers")
-    if not isinstance(layers, dict) or not layers:
-        raise SrqError(f"bit config {path} needs a [layers] table: \"name\" = {{ weight_bits = 3 }}")
-    for name, bits in layers.items():
-        if not isinstance(bits, dict):
-            raise SrqError(f"bit config {path}: layers.{name} must be a table like {{ weight_bits = 3 }}")
-    return layers
-
 
 @app.command()
 @user_errors
@@ -85,7 +68,7 @@ def quantize(
     base = load_recipe(recipe) if recipe else (load_recipe("example") if model == "example" else Recipe())
     if model != "example":
         base.model.arch = model
-    layers = read_bit_config(bit_config) if bit_config else None
+    layers = read_allocation(bit_config) if bit_config else None
     if no_dropbits and dropbits not in (None, DropBitsVariant.none):
         raise SrqError(f"--no-dropbits contradicts --dropbits {dropbits.value}")
     variant = "none" if no_dropbits or (method not in (None, Method.srq) and dropbits is None) \

@@ -46,13 +46,21 @@ def write_allocation(path: str | os.PathLike, plan: Sequence[LayerBits],
 
 
 def read_allocation(path: str | os.PathLike) -> dict[str, Mapping[str, int]]:
-    """``{layer: {"weight_bits": …, "act_bits": …}}`` from an allocation file."""
+    """``{layer: {"weight_bits": …, "act_bits": …}}`` from an allocation (bit config) file.
+
+    The one reader of ``[layers]`` files: ``srq quantize --bit-config`` and the benchmarks use it.
+    """
     p = Path(path)
+    if not p.is_file():
+        raise SrqError(f"bit config not found: {p}")
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SrqError(f"cannot read allocation {p}: {exc}") from exc
+        raise SrqError(f"bit config {p} is not valid TOML: {exc}") from exc
     layers = data.get("layers")
-    if not isinstance(layers, dict):
-        raise SrqError(f"allocation {p} has no [layers] table")
+    if not isinstance(layers, dict) or not layers:
+        raise SrqError(f"bit config {p} needs a [layers] table: \"name\" = {{ weight_bits = 3 }}")
+    for name, bits in layers.items():
+        if not isinstance(bits, dict):
+            raise SrqError(f"bit config {p}: layers.{name} must be a table like {{ weight_bits = 3 }}")
     return layers
