@@ -194,9 +194,14 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, calib_batches: Iterable[T
     return model, plan
 
 
+def is_quantizer_key(key: str) -> bool:
+    """Whether a state_dict key belongs to a layer's weight or input quantizer."""
+    return ".weight_quant." in key or ".input_quant." in key
+
+
 def float_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """``state`` without quantizer tensors: the float network a quantized model was built on."""
-    return {k: v for k, v in state.items() if ".weight_quant." not in k and ".input_quant." not in k}
+    return {k: v for k, v in state.items() if not is_quantizer_key(k)}
 
 
 def rebuild_quantized(model: nn.Module, plan: list[LayerBits], cfg: QuantConfig) -> nn.Module:

@@ -36,6 +36,7 @@ from srqcli.nn.surgery import (
     LayerBits,
     attach_quantizers,
     float_state_dict,
+    is_quantizer_key,
     plan_bits,
     quantizable_layers,
     quantize_model,
@@ -224,7 +225,7 @@ RESUME_KEYS = ("epoch", "progress", "model", "optimizer", "scheduler", "history"
 
 def quantizer_tensors(model: nn.Module) -> list[torch.Tensor]:
     """Every quantizer parameter and buffer (steps, σ, signedness), in state_dict order."""
-    return [v for k, v in model.state_dict().items() if "_quant." in k]
+    return [v for k, v in model.state_dict().items() if is_quantizer_key(k)]
 
 
 def _save_resume(path: Path, model: nn.Module, optimizer, scheduler, epoch: int,
