@@ -17,6 +17,12 @@ from benchmarks.grid_render import mean_sd as _mean_sd
 from benchmarks.grid_render import render_part
 
 OUT = Path(__file__).parent.parent / "BENCHMARKS.md"
+
+
+def _provenance(r: dict[str, Any], command: str | None = None) -> list[str]:
+    """The command that reproduces a result and the machine it ran on (every section has both)."""
+    return [f"Command: `{command or r['env']['command']}`", "", f"Machine: {_env_line(r['env'])}"]
+
 CONFIGS = Path(__file__).parent / "configs"
 #: The grids of issue #5 in the order BENCHMARKS.md shows them: (heading, config file).
 SUITES = (
@@ -59,7 +65,7 @@ def step_time_section() -> list[str]:
         r = json.loads(path.read_text())
         lines += [f"{r['arch']} W{r['bits']}A{r['bits']}, batch {r['batch']}, input "
                   f"{'×'.join(map(str, r['input']))}, median of {r['rounds']} alternating rounds.",
-                  "", f"Command: `{r['env']['command']}`", "", f"Machine: {_env_line(r['env'])}", "",
+                  "", *_provenance(r), "",
                   "| configuration | step (ms, context) | time / float | training memory / float |",
                   "|---|---:|---:|---:|"]
         mem = r.get("memory", {}).get("ratio_to_float", {})
@@ -97,7 +103,7 @@ def throughput_section() -> list[str]:
                   f"batches already on the device (speed only; no data loading); median of "
                   f"{r['rounds']} alternating rounds × {r['steps']} steps. Quantized rows at "
                   f"W{r['bits']}A{r['bits']}, all layers.", "",
-                  f"Command: `{r['env']['command']}`", "", f"Machine: {_env_line(r['env'])}", "",
+                  *_provenance(r), "",
                   "| configuration | images/s | hours per ImageNet epoch (1.281M images) | "
                   "step time ÷ float | step time ÷ LSQ |", "|---|---:|---:|---:|---:|"]
         for c, s in r["summary"].items():
@@ -143,7 +149,7 @@ def _accuracy_table(r: dict[str, Any]) -> list[str]:
         + "). Top-1 on the held-out 10k t10k split. Every Conv2d and Linear quantized (weights "
         "and input activations; network input 8 bits). DropBits: "
         f"`lsb`, p = {s['drop_rate']} annealed to 0 over the last epoch, then BatchNorm re-estimation.",
-        "", f"Command: `{_accuracy_command(s)}`", "", f"Machine: {_env_line(r['env'])}", ""]
+        "", *_provenance(r, _accuracy_command(s)), ""]
     seeds = sorted({k.rsplit('/s', 1)[1] for k in runs})
     float_top1 = [runs[f"float/s{x}"]["top1"] for x in seeds if f"float/s{x}" in runs]
     targets = {4: 0.5, 3: 1.0, 2: 3.0}
@@ -191,7 +197,7 @@ def export_latency_section() -> list[str]:
               "per-round speed-up over the float ONNX export of the same network (BatchNorm folded, "
               "same builder). `w4a4`/`w3a3` are the exact qdq export, `float unfused` is `qdq --float-unfused` "
               "(exact too), `requant` is `qdq --requant` (not bit-exact). Target: ≥ 2× float.",
-              "", f"Command: `{r['env']['command']}`", "", f"Machine: {_env_line(r['env'])}", "",
+              "", *_provenance(r), "",
               _load_text(r["load_average"]), "",
               "| export | batch | ms | float ms | speed-up | integer kernels run | file MB (float "
               f"{r['bytes']['float'] / 1e6:.1f}) |", "|---|---:|---:|---:|---:|---|---:|"]
@@ -221,7 +227,7 @@ def export_section() -> list[str]:
               "`--float-unfused` stores the convs that cannot fuse with float32 weights (same values, "
               "exact); `--requant` adds calibrated int8 Q/DQ on residual-branch and stem conv outputs "
               "so every conv fuses (not bit-exact).",
-              "", f"Command: `{r['env']['command']}`", "", f"Machine: {_env_line(r['env'])}", "",
+              "", *_provenance(r), "",
               "| model | PyTorch top-1 | ORT top-1 (qdq) | agreement | ORT top-1 (float-unfused) | agreement "
               "| ORT top-1 (requant) | agreement | packed ONNX top-1 | packed safetensors identical |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|:-:|"]
@@ -274,7 +280,7 @@ def data_loading_section() -> list[str]:
                   f"{'×'.join(map(str, r['input']))} PNG ImageFolder ({r['images_per_class']} images per "
                   f"class) on {r['device']}. Training: float {train['float']:,.0f} img/s, SRQ "
                   f"{train['srq']:,.0f} img/s. A ratio above 1 means loading outruns training.", "",
-                  f"Command: `{r['env']['command']}`", "", f"Machine: {_env_line(r['env'])}", "",
+                  *_provenance(r), "",
                   "| loader workers | loading img/s | ÷ float training | ÷ SRQ training |",
                   "|---:|---:|---:|---:|"]
         for workers, ips in r["loading_images_per_s"].items():
@@ -307,7 +313,7 @@ def search_section() -> list[str]:
               f"DropBits; Adam, cosine, lr {s['lr']:g}, quantizer lr {s['quant_lr']:g}. Top-1 on the "
               "held-out t10k split, mean ± std over seeds. (b) at 2.5 bits is uniform 2-bit (no "
               "uniform allocation has 2.5 bits).", "",
-              f"Command: `{r['env']['command']}`", "", f"Machine: {_env_line(r['env'])}", "",
+              *_provenance(r), "",
               "| budget (avg weight bits) | arm | top-1 % | avg weight bits | seeds |",
               "|---:|---|---:|---:|---:|"]
     budgets = sorted({k.split("/")[0] for k in runs}, key=lambda b: -float(b[1:]))
@@ -338,7 +344,7 @@ def ablation_section() -> list[str]:
               f"epochs{subset} per row from that checkpoint; rate annealed to 0 over the last epoch, "
               "BatchNorm re-estimated (50 batches); mean ± std over seeds "
               f"{', '.join(map(str, s['seeds']))}; held-out t10k top-1.", "",
-              f"Command: `{r['env']['command']}`", "", f"Machine: {_env_line(r['env'])}", "",
+              *_provenance(r), "",
               "| bits / variant / rate | top-1 % | seeds |", "|---|---:|---:|"]
     for g in sorted(groups):
         lines.append(f"| {g} | {_mean_sd(groups[g])} | {len(groups[g])} |")
