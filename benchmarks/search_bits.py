@@ -16,6 +16,10 @@ Top-1 on the held-out t10k split. Results are cached per arm in
 ``benchmarks/results/search_bits.json`` so an interrupted run continues.
 
     python -m benchmarks.search_bits --budgets 3.0 2.5 --seeds 0 1 2
+
+``--gate-structure lsb`` searches with the resolution-level gates instead of the default range
+rings (docs/search-bits.md) and writes ``search_bits_lsb.json``; ``--arms learned`` runs only
+(a) and (c), the arms that depend on the search (``uniform`` and ``sensitivity`` do not).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from srqcli.search.workflow import SEARCHED, SearchConfig, run_search
 from srqcli.workflow.quantize import run_quantize
 
 RUNS = CACHE / "search_bits"
+#: Families of arms: ``learned`` is (a) and (c), which share the search.
+ARMS = ("learned", "uniform", "sensitivity")
 
 
 def recipe(args, seed: int, epochs: int, checkpoint: Path) -> Recipe:
@@ -67,7 +73,7 @@ def search(args, seed: int, budget: float, strategy: str, float_ckpt: Path, out:
            console: Console) -> dict:
     r = recipe(args, seed, args.search_epochs, float_ckpt)
     cfg = SearchConfig(budget=f"avg-bits={budget}", min_bits=args.min_bits, max_bits=args.max_bits,
-                       act_bits=args.act_bits, strategy=strategy)
+                       act_bits=args.act_bits, strategy=strategy, structure=args.gate_structure)
     res = run_search(r, cfg, out, overwrite=True, console=console)
     return {"achieved": res.allocation.achieved, "bits": res.allocation.bits,
             "search_top1": res.search_metrics.top1}
@@ -88,12 +94,19 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--quant-lr", type=float, default=1e-3)
     p.add_argument("--train-limit", type=int, default=10000)
+    p.add_argument("--gate-structure", choices=("top", "lsb"), default="top",
+                   help="level structure of the search's gates (its own results file)")
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
+                   help="learned: (a) and (c); uniform: (b); sensitivity: (d)")
     args = p.parse_args()
     if not args.float_checkpoint.is_file():
         raise SystemExit(f"{args.float_checkpoint} not found: run python -m benchmarks.fmnist_accuracy first")
     console = Console(stderr=True)
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    result_file = RESULTS / "search_bits.json"
+    # The arms run do not change any result, and the structure names the file: neither is a setting.
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                if k not in ("arms", "gate_structure")}
+    name = "search_bits" + ("" if args.gate_structure == "top" else f"_{args.gate_structure}")
+    result_file = RESULTS / f"{name}.json"
     done = json.loads(result_file.read_text()) if result_file.is_file() else {}
     runs = done.get("runs", {}) if done.get("settings") == settings else {}
     total = args.search_epochs + args.finetune_epochs
@@ -101,7 +114,8 @@ def main() -> None:
     def record(key: str, fn, *fn_args) -> dict:
         if key not in runs:
             runs[key] = fn(*fn_args)
-            write_result("search_bits", {"settings": settings, "runs": runs})
+            write_result(name, {"settings": settings, "gate_structure": args.gate_structure,
+                                "runs": runs})
             if "top1" in runs[key]:
                 console.print(f"[bold]{key}[/]: top-1 {runs[key]['top1']:.2f}%")
         return runs[key]
@@ -109,21 +123,26 @@ def main() -> None:
     for seed in args.seeds:
         for budget in args.budgets:
             tag, base = f"b{budget:g}/s{seed}", RUNS / f"b{budget:g}_s{seed}"
+            if args.gate_structure != "top":
+                base = base / args.gate_structure
             ckpt = args.float_checkpoint
-            learned = record(f"{tag}/search-learned", search, args, seed, budget, "learned", ckpt,
-                             base / "search-learned", console)
-            layers = read_allocation(base / "search-learned" / ALLOCATION_TOML)
-            record(f"{tag}/learned", fine_tune, args, seed, args.finetune_epochs,
-                   base / "search-learned" / SEARCHED, base / "learned", layers, None, console)
-            record(f"{tag}/learned-from-float", fine_tune, args, seed, total, ckpt,
-                   base / "learned-from-float", layers, None, console)
-            record(f"{tag}/uniform", fine_tune, args, seed, total, ckpt, base / "uniform", None,
-                   math.floor(budget), console)
-            record(f"{tag}/search-sensitivity", search, args, seed, budget, "sensitivity", ckpt,
-                   base / "search-sensitivity", console)
-            record(f"{tag}/sensitivity", fine_tune, args, seed, total, ckpt, base / "sensitivity",
-                   read_allocation(base / "search-sensitivity" / ALLOCATION_TOML), None, console)
-            console.print(f"{tag}: learned allocation {learned['bits']}")
+            if "learned" in args.arms:
+                learned = record(f"{tag}/search-learned", search, args, seed, budget, "learned",
+                                 ckpt, base / "search-learned", console)
+                layers = read_allocation(base / "search-learned" / ALLOCATION_TOML)
+                record(f"{tag}/learned", fine_tune, args, seed, args.finetune_epochs,
+                       base / "search-learned" / SEARCHED, base / "learned", layers, None, console)
+                record(f"{tag}/learned-from-float", fine_tune, args, seed, total, ckpt,
+                       base / "learned-from-float", layers, None, console)
+                console.print(f"{tag}: learned allocation {learned['bits']}")
+            if "uniform" in args.arms:
+                record(f"{tag}/uniform", fine_tune, args, seed, total, ckpt, base / "uniform", None,
+                       math.floor(budget), console)
+            if "sensitivity" in args.arms:
+                record(f"{tag}/search-sensitivity", search, args, seed, budget, "sensitivity", ckpt,
+                       base / "search-sensitivity", console)
+                record(f"{tag}/sensitivity", fine_tune, args, seed, total, ckpt, base / "sensitivity",
+                       read_allocation(base / "search-sensitivity" / ALLOCATION_TOML), None, console)
 
 
 if __name__ == "__main__":
