@@ -17,9 +17,11 @@ Top-1 on the held-out t10k split. Results are cached per arm in
 
     python -m benchmarks.search_bits --budgets 3.0 2.5 --seeds 0 1 2
 
-``--gate-structure lsb`` searches with the resolution-level gates instead of the default range
-rings (docs/search-bits.md) and writes ``search_bits_lsb.json``; ``--arms learned`` runs only
-(a) and (c), the arms that depend on the search (``uniform`` and ``sensitivity`` do not).
+Search variants, each in its own results file: ``--gate-structure lsb`` (resolution-level gates
+instead of range rings, docs/search-bits.md; ``search_bits_lsb.json``) and ``--gate-init budget``
+(gates start where the expected cost is the budget instead of at ``P(on) = 0.9``;
+``search_bits_init-budget.json``). ``--arms learned`` runs only (a) and (c), the arms that
+depend on the search (``uniform`` and ``sensitivity`` do not).
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ def search(args, seed: int, budget: float, strategy: str, float_ckpt: Path, out:
            console: Console) -> dict:
     r = recipe(args, seed, args.search_epochs, float_ckpt)
     cfg = SearchConfig(budget=f"avg-bits={budget}", min_bits=args.min_bits, max_bits=args.max_bits,
-                       act_bits=args.act_bits, strategy=strategy, structure=args.gate_structure)
+                       act_bits=args.act_bits, strategy=strategy, structure=args.gate_structure,
+                       gate_init=None if args.gate_init == "budget" else float(args.gate_init))
     res = run_search(r, cfg, out, overwrite=True, console=console)
     return {"achieved": res.allocation.achieved, "bits": res.allocation.bits,
             "search_top1": res.search_metrics.top1}
@@ -96,16 +99,21 @@ def main() -> None:
     p.add_argument("--train-limit", type=int, default=10000)
     p.add_argument("--gate-structure", choices=("top", "lsb"), default="top",
                    help="level structure of the search's gates (its own results file)")
+    p.add_argument("--gate-init", default="0.9",
+                   help="initial P(on) of the gates, or 'budget' (its own results file)")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
                    help="learned: (a) and (c); uniform: (b); sensitivity: (d)")
     args = p.parse_args()
     if not args.float_checkpoint.is_file():
         raise SystemExit(f"{args.float_checkpoint} not found: run python -m benchmarks.fmnist_accuracy first")
     console = Console(stderr=True)
-    # The arms run do not change any result, and the structure names the file: neither is a setting.
+    # The arms run change no result, and a search variant names its file: neither is a setting.
+    variant = {"gate_structure": args.gate_structure, "gate_init": args.gate_init}
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                if k not in ("arms", "gate_structure")}
-    name = "search_bits" + ("" if args.gate_structure == "top" else f"_{args.gate_structure}")
+                if k != "arms" and k not in variant}
+    suffix = "".join(f"_{v}" for v in ([args.gate_structure] if args.gate_structure != "top" else [])
+                     + ([f"init-{args.gate_init}"] if args.gate_init != "0.9" else []))
+    name = "search_bits" + suffix
     result_file = RESULTS / f"{name}.json"
     done = json.loads(result_file.read_text()) if result_file.is_file() else {}
     runs = done.get("runs", {}) if done.get("settings") == settings else {}
@@ -114,8 +122,7 @@ def main() -> None:
     def record(key: str, fn, *fn_args) -> dict:
         if key not in runs:
             runs[key] = fn(*fn_args)
-            write_result(name, {"settings": settings, "gate_structure": args.gate_structure,
-                                "runs": runs})
+            write_result(name, {"settings": settings, "variant": variant, "runs": runs})
             if "top1" in runs[key]:
                 console.print(f"[bold]{key}[/]: top-1 {runs[key]['top1']:.2f}%")
         return runs[key]
@@ -123,8 +130,8 @@ def main() -> None:
     for seed in args.seeds:
         for budget in args.budgets:
             tag, base = f"b{budget:g}/s{seed}", RUNS / f"b{budget:g}_s{seed}"
-            if args.gate_structure != "top":
-                base = base / args.gate_structure
+            if suffix:
+                base = base / suffix.lstrip("_")
             ckpt = args.float_checkpoint
             if "learned" in args.arms:
                 learned = record(f"{tag}/search-learned", search, args, seed, budget, "learned",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from srqcli.core.gates import logit_for_prob
 from srqcli.search.budget import CostModel
 from srqcli.search.gated import GatedSRQQuantizer
 
@@ -38,6 +39,37 @@ def expected_cost(cost: CostModel, quantizers: dict[str, GatedSRQQuantizer]) -> 
     if not isinstance(total, Tensor):
         total = torch.tensor(total)
     return total / cost.scale
+
+
+def start_on_budget_(cost: CostModel, quantizers: dict[str, GatedSRQQuantizer],
+                     lowest: float = 0.02, highest: float = 0.98) -> float:
+    """Give every gate the one ``P(z > 0) = p`` at which ``E[cost]`` equals the budget; returns p.
+
+    ``E[cost]`` grows with ``p`` (``E[b] = b_min + p + p² + …`` in every layer), so bisection
+    finds it; ``p`` stays in ``[lowest, highest]`` so that every gate can still move either way.
+    Why: a search started far above the budget (``p = 0.9`` is 3.7 bits on a 2..4 search) spends
+    its first few hundred steps pulling the cost down, and on a short search the weights end up
+    trained at near ``b_max`` and are then cut to the allocation.
+    """
+    target = cost.budget.value
+
+    def set_gates(p: float) -> float:
+        value = logit_for_prob(p)
+        with torch.no_grad():
+            for q in quantizers.values():
+                q.gate_logits.fill_(value)
+            return float(expected_cost(cost, quantizers))
+
+    lo, hi = lowest, highest
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if set_gates(mid) > target:
+            hi = mid
+        else:
+            lo = mid
+    p = 0.5 * (lo + hi)
+    set_gates(p)
+    return p
 
 
 class LagrangeMultiplier:

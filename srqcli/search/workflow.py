@@ -54,7 +54,12 @@ from srqcli.search.gated import (
     install_gates,
 )
 from srqcli.search.readout import Allocation, allocate, readout, repair
-from srqcli.search.regularizer import LagrangeMultiplier, expected_bits, expected_cost
+from srqcli.search.regularizer import (
+    LagrangeMultiplier,
+    expected_bits,
+    expected_cost,
+    start_on_budget_,
+)
 from srqcli.search.sensitivity import fisher_diagonal, layer_sensitivity
 from srqcli.train import distributed
 from srqcli.train.loop import (
@@ -99,7 +104,7 @@ class SearchConfig:
     strategy: str = "learned"
     structure: str = "top"  # level structure of the gates (top | lsb)
     gate_lr: float = 0.02
-    gate_init: float = 0.9  # initial P(z > 0) of every gate
+    gate_init: float | None = 0.9  # initial P(z > 0) of every gate; None: where E[cost] = budget
     lambda_lr: float = 0.1  # dual-ascent step of the multiplier, per training step
     penalty: float = 50.0  # augmented-Lagrangian ρ (damps the dual-ascent oscillation)
     sensitivity_batches: int = 8
@@ -118,7 +123,7 @@ class SearchConfig:
             raise SrqError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.structure not in STRUCTURES:
             raise SrqError(f"gate structure must be one of {', '.join(STRUCTURES)}, got {self.structure!r}")
-        if not 0.0 < self.gate_init < 1.0:
+        if self.gate_init is not None and not 0.0 < self.gate_init < 1.0:
             raise SrqError(f"gate_init must be in (0, 1), got {self.gate_init}")
         for key in ("gate_lr", "lambda_lr", "penalty"):
             if getattr(self, key) < 0:
@@ -324,10 +329,14 @@ def _learned(job: Job, model: nn.Module, q: QuantConfig, budget: BudgetSpec, inp
     gate_gen = torch.Generator(device="cpu").manual_seed(recipe.train.seed + 104729)
     model, plan = job.quantize(model, q, state)
     quantizers = install_gates(model, cfg.min_bits, pinned=set(pins), structure=cfg.structure,
-                               gate_init=cfg.gate_init, generator=gate_gen)
+                               gate_init=0.5 if cfg.gate_init is None else cfg.gate_init,
+                               generator=gate_gen)
     model.to(job.device)
     cost = CostModel.build(model, budget, input_shape, cfg.min_bits, cfg.max_bits, pins)
     cost.check_feasible(cfg.min_bits, cfg.max_bits, pins)
+    if cfg.gate_init is None and state is None:
+        p = start_on_budget_(cost, quantizers)
+        job.console.print(f"[dim]gates start at P(on) = {p:.3f}, where E[cost] is the budget[/]")
     mult = LagrangeMultiplier(cfg.lambda_lr, cfg.penalty)
     epochs = recipe.train.epochs
     optimizer, scheduler = _build_optimizer(model, recipe, cfg, epochs * len(job.train_loader))

@@ -9,7 +9,7 @@ import torch
 from srqcli.search.budget import FILL, BudgetSpec, CostModel, LayerCost
 from srqcli.search.gated import GatedSRQQuantizer
 from srqcli.search.readout import readout, repair
-from srqcli.search.regularizer import LagrangeMultiplier, expected_cost
+from srqcli.search.regularizer import LagrangeMultiplier, expected_cost, start_on_budget_
 
 torch.set_num_threads(1)
 
@@ -69,3 +69,19 @@ def test_multiplier_state_roundtrip():
     n.load_state_dict(m.state_dict())
     assert (n.value, n.lr, n.penalty) == (m.value, 0.2, 3.0)
     assert m.value == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("budget", [2.2, 2.75, 3.5, 4.6])
+def test_start_on_budget_puts_expected_cost_on_the_budget(budget):
+    _ws, qs, cost = _toy(budget)
+    p = start_on_budget_(cost, qs)
+    # Closed form on the toy (every layer 2..5 bits, cost = average bits): 2 + p + p² + p³.
+    assert 2 + p + p**2 + p**3 == pytest.approx(budget, rel=1e-6)
+    assert float(expected_cost(cost, qs)) == pytest.approx(budget, rel=1e-6)
+    for q in qs.values():
+        torch.testing.assert_close(q.prob_on(), torch.full((3,), p), rtol=0, atol=1e-6)
+
+
+def test_start_on_budget_clamps_to_movable_gates():
+    _ws, qs, cost = _toy(5.0)  # every bit: the gates must still be able to close
+    assert start_on_budget_(cost, qs) == pytest.approx(0.98, abs=1e-6)
