@@ -298,6 +298,20 @@ SEARCH_ARMS = {
 }
 
 
+def _search_table(runs: dict[str, Any]) -> list[str]:
+    lines = ["| budget (avg weight bits) | arm | top-1 % | avg weight bits | seeds |",
+             "|---:|---|---:|---:|---:|"]
+    budgets = sorted({k.split("/")[0] for k in runs}, key=lambda b: -float(b[1:]))
+    for b in budgets:
+        for arm, title in SEARCH_ARMS.items():
+            rows = [v for k, v in runs.items() if k.startswith(f"{b}/") and k.endswith(f"/{arm}")]
+            if rows:
+                bits = statistics.mean(v["avg_weight_bits"] for v in rows)
+                lines.append(f"| {b[1:]} | {title} | {_mean_sd([v['top1'] for v in rows])} | "
+                             f"{bits:.3f} | {len(rows)} |")
+    return lines + [""]
+
+
 def search_section() -> list[str]:
     lines = ["## Learned bit-widths: Fashion-MNIST ResNet-20, weights searched, activations fixed", ""]
     r = _load("search_bits")
@@ -312,19 +326,16 @@ def search_section() -> list[str]:
               f"bits, activations {s['act_bits']} bits, all layers searched (none pinned), no "
               f"DropBits; Adam, cosine, lr {s['lr']:g}, quantizer lr {s['quant_lr']:g}. Top-1 on the "
               "held-out t10k split, mean ± std over seeds. (b) at 2.5 bits is uniform 2-bit (no "
-              "uniform allocation has 2.5 bits).", "",
-              *_provenance(r), "",
-              "| budget (avg weight bits) | arm | top-1 % | avg weight bits | seeds |",
-              "|---:|---|---:|---:|---:|"]
-    budgets = sorted({k.split("/")[0] for k in runs}, key=lambda b: -float(b[1:]))
-    for b in budgets:
-        for arm, title in SEARCH_ARMS.items():
-            rows = [v for k, v in runs.items() if k.startswith(f"{b}/") and k.endswith(f"/{arm}")]
-            if rows:
-                bits = statistics.mean(v["avg_weight_bits"] for v in rows)
-                lines.append(f"| {b[1:]} | {title} | {_mean_sd([v['top1'] for v in rows])} | "
-                             f"{bits:.3f} | {len(rows)} |")
-    lines.append("")
+              "uniform allocation has 2.5 bits). The search's gates: range rings, starting at "
+              "P(on) = 0.9.", "",
+              *_provenance(r), "", *_search_table(runs)]
+    for path in sorted(RESULTS.glob("search_bits_*.json")):
+        v = json.loads(path.read_text())
+        if v["settings"] != s:
+            continue  # a variant of other settings would not compare with the table above
+        variant = ", ".join(f"{k.replace('_', ' ')} {x}" for k, x in v["variant"].items())
+        lines += [f"Search variant ({variant}); (b) and (d) do not depend on the search and are "
+                  "in the table above.", "", *_provenance(v), "", *_search_table(v["runs"])]
     return lines
 
 
