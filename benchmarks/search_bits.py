@@ -76,7 +76,7 @@ def search(args, seed: int, budget: float, strategy: str, float_ckpt: Path, out:
     r = recipe(args, seed, args.search_epochs, float_ckpt)
     cfg = SearchConfig(budget=f"avg-bits={budget}", min_bits=args.min_bits, max_bits=args.max_bits,
                        act_bits=args.act_bits, strategy=strategy, structure=args.gate_structure,
-                       gate_init=None if args.gate_init == "budget" else float(args.gate_init))
+                       gate_init=args.gate_init if args.gate_init == "budget" else float(args.gate_init))
     res = run_search(r, cfg, out, overwrite=True, console=console)
     return {"achieved": res.allocation.achieved, "bits": res.allocation.bits,
             "search_top1": res.search_metrics.top1}

@@ -104,7 +104,9 @@ class SearchConfig:
     strategy: str = "learned"
     structure: str = "top"  # level structure of the gates (top | lsb)
     gate_lr: float = 0.02
-    gate_init: float | None = 0.9  # initial P(z > 0) of every gate; None: where E[cost] = budget
+    #: Initial ``P(z > 0)`` of every gate, or ``"budget"``: the one value at which the expected
+    #: cost equals the budget (:func:`~srqcli.search.regularizer.start_on_budget_`).
+    gate_init: float | str = 0.9
     lambda_lr: float = 0.1  # dual-ascent step of the multiplier, per training step
     penalty: float = 50.0  # augmented-Lagrangian ρ (damps the dual-ascent oscillation)
     sensitivity_batches: int = 8
@@ -123,8 +125,9 @@ class SearchConfig:
             raise SrqError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.structure not in STRUCTURES:
             raise SrqError(f"gate structure must be one of {', '.join(STRUCTURES)}, got {self.structure!r}")
-        if self.gate_init is not None and not 0.0 < self.gate_init < 1.0:
-            raise SrqError(f"gate_init must be in (0, 1), got {self.gate_init}")
+        if self.gate_init != "budget" and not (isinstance(self.gate_init, (int, float))
+                                                and 0.0 < self.gate_init < 1.0):
+            raise SrqError(f"gate_init must be in (0, 1) or \"budget\", got {self.gate_init!r}")
         for key in ("gate_lr", "lambda_lr", "penalty"):
             if getattr(self, key) < 0:
                 raise SrqError(f"{key} must not be negative")
@@ -329,12 +332,12 @@ def _learned(job: Job, model: nn.Module, q: QuantConfig, budget: BudgetSpec, inp
     gate_gen = torch.Generator(device="cpu").manual_seed(recipe.train.seed + 104729)
     model, plan = job.quantize(model, q, state)
     quantizers = install_gates(model, cfg.min_bits, pinned=set(pins), structure=cfg.structure,
-                               gate_init=0.5 if cfg.gate_init is None else cfg.gate_init,
+                               gate_init=0.5 if cfg.gate_init == "budget" else float(cfg.gate_init),
                                generator=gate_gen)
     model.to(job.device)
     cost = CostModel.build(model, budget, input_shape, cfg.min_bits, cfg.max_bits, pins)
     cost.check_feasible(cfg.min_bits, cfg.max_bits, pins)
-    if cfg.gate_init is None and state is None:
+    if cfg.gate_init == "budget" and state is None:
         p = start_on_budget_(cost, quantizers)
         job.console.print(f"[dim]gates start at P(on) = {p:.3f}, where E[cost] is the budget[/]")
     mult = LagrangeMultiplier(cfg.lambda_lr, cfg.penalty)

@@ -169,3 +169,28 @@ def test_bad_input_one_line_errors(tmp_path, float_ckpt):
     _fails_cleanly([*base, "--budget", "avg-bits=3", "--min-bits", "4", "--max-bits", "3",
                     "--out", str(out)], out, "--min-bits")
     _fails_cleanly([*base, "--out", str(out)], out, "--budget is required")
+
+
+def test_gate_init_budget_starts_the_search_on_the_budget(tmp_path, float_ckpt):
+    # Gates and multiplier frozen: the expected cost stays where the search started it.
+    cfg = SearchConfig(budget="avg-bits=3.0", gate_init="budget", gate_lr=0.0, lambda_lr=0.0,
+                       penalty=0.0)
+    res = run_search(_recipe(float_ckpt), cfg, tmp_path / "b", show_progress=False)
+    assert res.history[0]["expected_cost"] == pytest.approx(3.0, rel=1e-5)
+    assert FILL * 3.0 <= res.allocation.achieved <= 3.0
+
+
+def test_recipe_search_table_is_read_and_checked(tmp_path, float_ckpt):
+    from srqcli.config import resolve_recipe_path
+
+    text = resolve_recipe_path("example").read_text(encoding="utf-8")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(text + '\n[search]\ngate_init = "soon"\n', encoding="utf-8")
+    out = tmp_path / "r"
+    _fails_cleanly(["search-bits", "lenet5", "--data", "example", "-c", float_ckpt, "--recipe",
+                    str(recipe), "--budget", "avg-bits=3", "--out", str(out), "--quiet"], out,
+                   "gate_init must be in (0, 1) or \"budget\"")
+    recipe.write_text(text + '\n[search]\ngate_speed = 1\n', encoding="utf-8")
+    _fails_cleanly(["search-bits", "lenet5", "--data", "example", "-c", float_ckpt, "--recipe",
+                    str(recipe), "--budget", "avg-bits=3", "--out", str(out), "--quiet"], out,
+                   "unknown recipe key 'search.gate_speed'")
