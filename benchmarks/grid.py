@@ -15,8 +15,15 @@ Config keys: ``name``, ``data``, ``models``, ``methods`` (``float`` and any of s
 ste, slb, dq), ``bits``, ``seeds``, ``pretrain_epochs``, ``pretrain_lr``, ``[recipe]`` (a
 recipe table applied to every cell: epochs, learning rates, data limits, DropBits…),
 ``[variants]`` (optional, ablations: label → recipe overrides applied on top of ``[recipe]``;
-an override table may name the ``methods`` it applies to, by default all but float) and
+an override table may name the ``methods`` it applies to, by default all but float),
+``[bits_by_method]`` (optional: method → its own bit-widths instead of ``bits``) and
 ``tables`` (optional: ``"cluster"`` adds the per-epoch cluster-promotion table).
+
+A cell's result depends only on its recipe and float start, so a cell already run by another
+grid with the same settings (everything but the lists of methods, bits and seeds) is reused
+from that grid's results file and marked so (``reused_from``); growing a grid (more seeds,
+another method) keeps the cells it has. ``--jobs N`` runs N cells at a time (each its own
+process; give each one thread with ``OMP_NUM_THREADS``).
 
 A suite is a config with only ``parts = ["a.toml", "b.toml"]`` (paths relative to it): one
 command runs every part in order, each with its own results file.
@@ -31,6 +38,7 @@ import re
 import resource
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +62,8 @@ from srqcli.workflow.quantize import (
 
 CACHE = RESULTS / "cache" / "grid"
 REQUIRED = ("name", "data", "models", "methods", "bits", "seeds")
+#: Config keys that choose which cells a grid has, not what a cell computes.
+SELECTION = ("name", "methods", "bits", "bits_by_method", "seeds", "tables")
 
 
 @dataclass(frozen=True)
@@ -106,8 +116,9 @@ def cells(cfg: dict[str, Any]) -> list[Cell]:
                     out.append(Cell(model, method, None, None, seed))
                     continue
                 labels = [v for v, over in variants.items() if method in over.get("methods", [method])]
+                bits = cfg.get("bits_by_method", {}).get(method, cfg["bits"])
                 for variant in labels or [None]:
-                    out += [Cell(model, method, variant, b, seed) for b in cfg["bits"]]
+                    out += [Cell(model, method, variant, b, seed) for b in bits]
     return out
 
 
@@ -157,8 +168,9 @@ def float_start(cfg: dict[str, Any], model: str, console: Console) -> Path:
     return path
 
 
-def _cell_dir(cell: Cell) -> Path:
-    return CACHE / re.sub(r"[^\w.~-]+", "_", cell.key)
+def _cell_dir(cfg: dict[str, Any], cell: Cell) -> Path:
+    """The cell's scratch run folder (per grid: grids share cell keys, not settings)."""
+    return CACHE / cfg["name"] / re.sub(r"[^\w.~-]+", "_", cell.key)
 
 
 def run_cell(cfg: dict[str, Any], cell: Cell, console: Console) -> dict[str, Any]:
@@ -177,7 +189,7 @@ def run_cell(cfg: dict[str, Any], cell: Cell, console: Console) -> dict[str, Any
             m = evaluate(net, job.val_loader, job.device, amp=job.amp)
         top1, top5 = m.top1, m.top5
     else:
-        res = run_quantize(r, _cell_dir(cell), overwrite=True, console=console, show_progress=False)
+        res = run_quantize(r, _cell_dir(cfg, cell), overwrite=True, console=console, show_progress=False)
         top1, top5, history = res.quant_metrics.top1, res.quant_metrics.top5, res.history
     cuda = torch.cuda.is_available() and r.train.device != "cpu"
     peak = (torch.cuda.max_memory_allocated() if cuda
@@ -192,27 +204,60 @@ def result_path(cfg: dict[str, Any]) -> Path:
     return RESULTS / f"grid_{cfg['name']}.json"
 
 
-def run_grid(config: Path, console: Console, device: str | None = None) -> list[Path]:
-    """Run every part of ``config``, skipping the cells already in its results file."""
+def cell_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What a cell's result depends on, besides its key: the config without the cell selection."""
+    return {k: v for k, v in cfg.items() if k not in SELECTION}
+
+
+def reusable_runs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Results of this grid's cells already in a results file with the same cell settings: its
+    own first, then other grids' (marked ``reused_from``)."""
+    own, found = result_path(cfg), {}
+    wanted = {c.key for c in cells(cfg)}
+    for path in [own, *sorted(p for p in RESULTS.glob("grid_*.json") if p != own)]:
+        if not path.is_file():
+            continue
+        done = json.loads(path.read_text())
+        if cell_settings(done.get("config", {})) != cell_settings(cfg):
+            continue
+        for key, run in done.get("runs", {}).items():
+            if key in wanted and key not in found:
+                found[key] = run if path == own or "reused_from" in run else {**run, "reused_from": path.name}
+    return found
+
+
+def _run_cell_process(config: Path, cfg: dict[str, Any], cell: Cell, device: str | None) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "benchmarks.grid", str(config), "--part", cfg["name"],
+           "--cell", cell.key, *(["--device", device] if device else [])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"cell {cell.key} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_grid(config: Path, console: Console, device: str | None = None, jobs: int = 1) -> list[Path]:
+    """Run every part of ``config``, skipping the cells already done (here or in a grid with
+    the same cell settings); ``jobs`` cells at a time."""
     written = []
     for cfg in load_suite(config, device):
         result_file = result_path(cfg)
-        done = json.loads(result_file.read_text()) if result_file.is_file() else {}
-        runs = done.get("runs", {}) if done.get("config") == cfg else {}
+        runs = reusable_runs(cfg)
         CACHE.mkdir(parents=True, exist_ok=True)
         for model in cfg["models"]:
             float_start(cfg, model, console)  # once, before the cells fan out
-        for cell in cells(cfg):
-            if cell.key in runs:
-                continue
-            cmd = [sys.executable, "-m", "benchmarks.grid", str(config), "--part", cfg["name"],
-                   "--cell", cell.key, *(["--device", device] if device else [])]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                raise SystemExit(f"cell {cell.key} failed:\n{proc.stderr[-3000:]}")
-            runs[cell.key] = json.loads(proc.stdout.strip().splitlines()[-1])
-            console.print(f"[bold]{cfg['name']} {cell.key}[/]: top-1 {runs[cell.key]['top1']:.2f}%")
+        todo = [cell for cell in cells(cfg) if cell.key not in runs]
+        if runs:
             write_result(result_file.stem, {"config": cfg, "runs": runs})
+        pool = ThreadPoolExecutor(max_workers=max(jobs, 1))
+        futures = {pool.submit(_run_cell_process, config, cfg, cell, device): cell for cell in todo}
+        try:
+            for future in as_completed(futures):  # each result is saved as soon as it is in
+                cell = futures[future]
+                runs[cell.key] = future.result()
+                console.print(f"[bold]{cfg['name']} {cell.key}[/]: top-1 {runs[cell.key]['top1']:.2f}%")
+                write_result(result_file.stem, {"config": cfg, "runs": runs})
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)  # a failed cell stops the grid
         written.append(result_file)
     return written
 
@@ -226,6 +271,7 @@ def main() -> None:
     p.add_argument("--part", help="the part of a suite --cell belongs to (internal)")
     p.add_argument("--cell", help="run one cell in this process and print its JSON (internal)")
     p.add_argument("--render", action="store_true", help="print the tables of the results")
+    p.add_argument("--jobs", type=int, default=1, help="cells run at a time (default 1)")
     args = p.parse_args()
     console = Console(stderr=True)
     parts = load_suite(args.config, args.device)
@@ -237,7 +283,7 @@ def main() -> None:
         for cfg in parts:
             print("\n".join(render_part(cfg, args.config)))
     else:
-        run_grid(args.config, console, args.device)
+        run_grid(args.config, console, args.device, args.jobs)
 
 
 if __name__ == "__main__":

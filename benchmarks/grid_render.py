@@ -72,6 +72,14 @@ def render_part(cfg: dict[str, Any], config: Path, level: int = 3) -> list[str]:
              f"Machine: {env_line(env)}", ""]
     if len(runs) < total:
         lines += [f"**Partial: {len(runs)} of {total} cells done** (rerun the command to continue).", ""]
+    reused: dict[str, int] = {}
+    for run in runs.values():
+        if "reused_from" in run:
+            reused[run["reused_from"]] = reused.get(run["reused_from"], 0) + 1
+    if reused:
+        lines += ["Reused: " + "; ".join(f"{n} cells from `{f}` (same settings, run by that grid)"
+                                        for f, n in reused.items())
+                  + ". Their times were measured in that run.", ""]
     for model in cfg["models"]:
         lines += [f"{'#' * (level + 1)} {model}", ""] + _accuracy_table(cfg, runs, model)
         if "cluster" in cfg.get("tables", []):
@@ -122,9 +130,9 @@ def _accuracy_table(cfg: dict[str, Any], runs: dict[str, Any], model: str) -> li
             lines.append(f"| float (fine-tuned equally) | {' | '.join([acc] * len(cfg['bits']))} "
                          f"| 1.00× | 1.00× | 1.00× |")
             continue
-        done = [r for b in cfg["bits"] for r in groups[by_bits[b]]]
-        accs = [mean_sd([r["top1"] for r in groups[by_bits[b]]]) if groups[by_bits[b]] else "—"
-                for b in cfg["bits"]]
+        done = [r for b in cfg["bits"] for r in groups.get(by_bits.get(b), [])]
+        accs = [("—" if not groups[by_bits[b]] else mean_sd([r["top1"] for r in groups[by_bits[b]]]))
+                if b in by_bits else "n/a" for b in cfg["bits"]]
         lines.append(f"| {label} | {' | '.join(accs)} "
                      f"| {_ratio([t for r in done for t in _steady(r)], base_t)} "
                      f"| {_ratio([r['epoch_seconds'][0] for r in done], base_first)} "

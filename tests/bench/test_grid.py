@@ -95,3 +95,62 @@ def test_render_excludes_the_first_epoch_and_shows_the_cluster_trend(ablation, t
     assert "| srq · lsb | 88.50 ± 0.71 | 87.50 ± 0.71 | 2.00× | 10.00× | 1.50× |" in text
     assert "| lsq · off | 88.50 ± 0.71 | 87.00 | 2.00× | 10.00× | 1.50× |" in text
     assert "| srq · off | W3A3 | 50.0 | 60.0 | 70.0 |" in text
+
+
+GROWN = """
+name = "grown"
+data = "example"
+models = ["lenet5"]
+methods = ["float", "srq", "lsq"]
+bits = [2, 3]
+seeds = [0, 1]
+
+[bits_by_method]
+lsq = [2]
+
+[recipe.train]
+epochs = 3
+"""
+
+
+def test_bits_by_method_and_reuse_of_cells_from_a_grid_with_the_same_settings(tmp_path, monkeypatch):
+    monkeypatch.setattr(grid, "RESULTS", tmp_path)
+    (tmp_path / "g.toml").write_text(GROWN)
+    cfg = load_suite(tmp_path / "g.toml")[0]
+    assert [c.key for c in cells(cfg) if c.seed == 0] == [
+        "lenet5/float/s0", "lenet5/srq/w2a2/s0", "lenet5/srq/w3a3/s0", "lenet5/lsq/w2a2/s0"]
+    # A smaller grid, same cell settings (one seed, no LSQ), ran before; and one with other epochs.
+    small = {**cfg, "name": "small", "methods": ["float", "srq"], "seeds": [0]}
+    small.pop("bits_by_method")
+    other = {**small, "name": "other", "recipe": {"train": {"epochs": 4}}}
+    for c, top1 in ((small, 70.0), (other, 10.0)):
+        runs = {cell.key: {**fake_run(cell), "top1": top1} for cell in cells(c)}
+        (tmp_path / f"grid_{c['name']}.json").write_text(json.dumps({"config": c, "runs": runs}))
+    reused = grid.reusable_runs(cfg)
+    assert sorted(reused) == ["lenet5/float/s0", "lenet5/srq/w2a2/s0", "lenet5/srq/w3a3/s0"]
+    assert all(r["top1"] == 70.0 and r["reused_from"] == "grid_small.json" for r in reused.values())
+
+    ran = []
+
+    def fake_process(config, cfg_, cell, device):
+        ran.append(cell.key)
+        return fake_run(cell)
+
+    monkeypatch.setattr(grid, "_run_cell_process", fake_process)
+    monkeypatch.setattr(grid, "float_start", lambda *a: None)
+    monkeypatch.setattr(grid, "write_result", lambda name, data: (tmp_path / f"{name}.json").write_text(
+        json.dumps({"env": {"machine": "m", "python": "3", "torch": "2", "srq": "0", "git_commit": "abc",
+                            "threads": 1, "command": "c"}, **data})))
+    from rich.console import Console
+
+    grid.run_grid(tmp_path / "g.toml", Console(quiet=True), jobs=2)
+    assert sorted(ran) == sorted(c.key for c in cells(cfg) if c.key not in reused)
+    saved = json.loads((tmp_path / "grid_grown.json").read_text())["runs"]
+    assert len(saved) == len(cells(cfg)) and saved["lenet5/srq/w2a2/s0"]["reused_from"] == "grid_small.json"
+    # A rerun finds everything done (its own file first) and runs nothing.
+    ran.clear()
+    grid.run_grid(tmp_path / "g.toml", Console(quiet=True), jobs=2)
+    assert ran == []
+    text = "\n".join(render_part(cfg, tmp_path / "g.toml"))
+    assert "Reused: 3 cells from `grid_small.json`" in text
+    assert "| lsq | 88.50 ± 0.71 | n/a | 2.00× | 10.00× | 1.50× |" in text
