@@ -103,6 +103,9 @@ def main() -> None:
                    help="initial P(on) of the gates, or 'budget' (its own results file)")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
                    help="learned: (a) and (c); uniform: (b); sensitivity: (d)")
+    p.add_argument("--name", help="results file name (default: search_bits plus the variant)")
+    p.add_argument("--restart", action="store_true",
+                   help="replace a results file whose settings differ (refused otherwise)")
     args = p.parse_args()
     if not args.float_checkpoint.is_file():
         raise SystemExit(f"{args.float_checkpoint} not found: run python -m benchmarks.fmnist_accuracy first")
@@ -110,12 +113,15 @@ def main() -> None:
     # The arms run change no result, and a search variant names its file: neither is a setting.
     variant = {"gate_structure": args.gate_structure, "gate_init": args.gate_init}
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                if k != "arms" and k not in variant}
+                if k not in ("arms", "name", "restart") and k not in variant}
     suffix = "".join(f"_{v}" for v in ([args.gate_structure] if args.gate_structure != "top" else [])
                      + ([f"init-{args.gate_init}"] if args.gate_init != "0.9" else []))
-    name = "search_bits" + suffix
+    name = args.name or "search_bits" + suffix
     result_file = RESULTS / f"{name}.json"
     done = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    if done and done.get("settings") != settings and not args.restart:
+        raise SystemExit(f"{result_file} holds runs with other settings: choose another --name, "
+                         "or --restart to replace them")
     runs = done.get("runs", {}) if done.get("settings") == settings else {}
     total = args.search_epochs + args.finetune_epochs
 
@@ -130,8 +136,8 @@ def main() -> None:
     for seed in args.seeds:
         for budget in args.budgets:
             tag, base = f"b{budget:g}/s{seed}", RUNS / f"b{budget:g}_s{seed}"
-            if suffix:
-                base = base / suffix.lstrip("_")
+            if name != "search_bits":
+                base = base / name
             ckpt = args.float_checkpoint
             if "learned" in args.arms:
                 learned = record(f"{tag}/search-learned", search, args, seed, budget, "learned",
