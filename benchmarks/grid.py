@@ -16,7 +16,8 @@ ste, slb, dq), ``bits``, ``seeds``, ``pretrain_epochs``, ``pretrain_lr``, ``[rec
 recipe table applied to every cell: epochs, learning rates, data limits, DropBits…),
 ``[variants]`` (optional, ablations: label → recipe overrides applied on top of ``[recipe]``;
 an override table may name the ``methods`` it applies to, by default all but float),
-``[bits_by_method]`` (optional: method → its own bit-widths instead of ``bits``) and
+``[bits_by_method]`` / ``[seeds_by_method]`` (optional: method → its own bit-widths / seeds
+instead of ``bits`` / ``seeds``; a slow baseline can run fewer seeds) and
 ``tables`` (optional: ``"cluster"`` adds the per-epoch cluster-promotion table).
 
 A cell's result depends only on its recipe and float start, so a cell already run by another
@@ -63,7 +64,7 @@ from srqcli.workflow.quantize import (
 CACHE = RESULTS / "cache" / "grid"
 REQUIRED = ("name", "data", "models", "methods", "bits", "seeds")
 #: Config keys that choose which cells a grid has, not what a cell computes.
-SELECTION = ("name", "methods", "bits", "bits_by_method", "seeds", "tables")
+SELECTION = ("name", "methods", "bits", "bits_by_method", "seeds", "seeds_by_method", "tables")
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,8 @@ def cells(cfg: dict[str, Any]) -> list[Cell]:
     for seed in cfg["seeds"]:
         for model in cfg["models"]:
             for method in cfg["methods"]:
+                if seed not in cfg.get("seeds_by_method", {}).get(method, cfg["seeds"]):
+                    continue
                 if method == "float":
                     out.append(Cell(model, method, None, None, seed))
                     continue

@@ -108,6 +108,9 @@ seeds = [0, 1]
 [bits_by_method]
 lsq = [2]
 
+[seeds_by_method]
+srq = [0, 1]
+
 [recipe.train]
 epochs = 3
 """
@@ -119,6 +122,9 @@ def test_bits_by_method_and_reuse_of_cells_from_a_grid_with_the_same_settings(tm
     cfg = load_suite(tmp_path / "g.toml")[0]
     assert [c.key for c in cells(cfg) if c.seed == 0] == [
         "lenet5/float/s0", "lenet5/srq/w2a2/s0", "lenet5/srq/w3a3/s0", "lenet5/lsq/w2a2/s0"]
+    cfg["seeds"] = [0, 1, 2]
+    assert [c.key for c in cells(cfg) if c.seed == 2] == ["lenet5/float/s2", "lenet5/lsq/w2a2/s2"]
+    cfg["seeds"] = [0, 1]
     # A smaller grid, same cell settings (one seed, no LSQ), ran before; and one with other epochs.
     small = {**cfg, "name": "small", "methods": ["float", "srq"], "seeds": [0]}
     small.pop("bits_by_method")
