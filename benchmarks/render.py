@@ -27,6 +27,8 @@ CONFIGS = Path(__file__).parent / "configs"
 #: The grids of issue #5 in the order BENCHMARKS.md shows them: (heading, config file).
 SUITES = (
     ("CPU suite: all layers quantized", "cpu_suite.toml"),
+    ("Issue #5 targets on CPU: Fashion-MNIST ResNet-20, SRQ against float, LSQ and RQ",
+     "cpu_resnet20_targets.toml"),
     ("CPU suite, first and last layers at 8 bits (LSQ protocol)", "cpu_first_last8.toml"),
     ("GPU suite: ResNet-20, all methods (all layers; then first/last at 8 bits)", "gpu_suite.toml"),
     ("Ablation: SRQ's π_m in the backward", "ablation_pi_mode.toml"),
@@ -53,7 +55,48 @@ def grid_sections() -> list[str]:
         lines += [f"### {heading}", ""]
         for cfg in load_suite(CONFIGS / name):
             lines += render_part(cfg, CONFIGS / name, level=4)
+            if name == "cpu_resnet20_targets.toml":
+                lines += targets_lines(cfg)
     return lines
+
+
+#: Issue #5: SRQ (all layers) at most this many points below float, per bit-width.
+TARGET_GAP = {4: 0.3, 3: 0.7, 2: 2.0}
+
+
+def targets_lines(cfg: dict[str, Any]) -> list[str]:
+    """Issue #5's ResNet-20 targets, checked on the grid's means (met / missed by how much)."""
+    path = RESULTS / f"grid_{cfg['name']}.json"
+    if not path.is_file():
+        return []
+    runs = json.loads(path.read_text())["runs"]
+
+    def mean(method: str, bits: int | None) -> tuple[float, int] | None:
+        tag = f"/w{bits}a{bits}" if bits else ""
+        vals = [r["top1"] for k, r in runs.items() if k.startswith(f"resnet20/{method}{tag}/s")]
+        return (statistics.mean(vals), len(vals)) if vals else None
+
+    def shown(m: tuple[float, int]) -> str:
+        return f"{m[0]:.2f} ({m[1]} seed{'s' if m[1] != 1 else ''})"
+
+    lines = ["| target | SRQ | reference | difference | met? |", "|---|---:|---:|---:|:-:|"]
+    base = mean("float", None)
+    for bits, gap in TARGET_GAP.items():
+        srq = mean("srq", bits)
+        if srq and base:
+            d = base[0] - srq[0]
+            lines.append(f"| W{bits}A{bits} within {gap} of float | {shown(srq)} | {shown(base)} | "
+                         f"{d:.2f} below | "
+                         f"{'yes' if round(d, 2) <= gap else f'no, by {d - gap:.2f}'} |")
+    for other in ("lsq", "rq"):
+        for bits in (2, 3):
+            srq, ref = mean("srq", bits), mean(other, bits)
+            if srq and ref:
+                d = srq[0] - ref[0]
+                lines.append(f"| W{bits}A{bits} at or above {other.upper()} | {shown(srq)} | "
+                             f"{shown(ref)} | {d:+.2f} | "
+                             f"{'yes' if round(d, 2) >= 0 else f'no, by {-d:.2f}'} |")
+    return lines + [""]
 
 
 def step_time_section() -> list[str]:
