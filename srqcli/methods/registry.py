@@ -47,14 +47,23 @@ def make_quantizer(cfg: QuantConfig, bits: int, *, activation: bool, channels: i
 @torch.no_grad()
 def finish_training(model: nn.Module) -> bool:
     """Turn the trained quantizers into the deployed network; ``True`` if BatchNorm
-    statistics must then be re-estimated.
+    statistics must then be re-estimated, because the network trained differs from the one
+    deployed:
 
-    SLB's weights become their argmax values, so BatchNorm sees a different network than
-    during training (the paper recalibrates it). Other methods deploy what they trained.
+    * SLB's weights become their argmax values (the paper recalibrates BatchNorm).
+    * RQ trains on Gumbel-softmax samples and deploys round-to-nearest, so its running
+      statistics describe the sampled network. Measured: Fashion-MNIST ResNet-20 W2A2 after 3
+      epochs, 21.34% top-1 with the trained statistics, 85.10% re-estimated on 50 batches.
+
+    Other methods train the forward they deploy (SRQ's DropBits is handled by its schedule).
     """
-    hardened = False
+    recalibrate = False
     for m in model.modules():
-        if is_quant_layer(m) and isinstance(m.weight_quant, SLBWeightQuantizer):
+        if not is_quant_layer(m):
+            continue
+        if isinstance(m.weight_quant, SLBWeightQuantizer):
             m.weight_quant.harden_(m.weight)
-            hardened = True
-    return hardened
+            recalibrate = True
+        if any(isinstance(q, RQQuantizer) for q in m.modules()):
+            recalibrate = True
+    return recalibrate

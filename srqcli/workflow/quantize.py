@@ -419,14 +419,14 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle:
         history = job.fit(model, recipe.train.epochs, recipe.train.lr, recipe.quant.method,
                           resume_state=state, schedule=schedule,
                           anneal=TemperatureSchedule.attach(model, recipe.quant), checkpoint=checkpoint)
-        hardened = finish_training(model)  # SLB: the argmax weights; BatchNorm must follow
-        if schedule or hardened:
+        recalibrate = finish_training(model)  # SLB's argmax weights, RQ's mode: BatchNorm must follow
+        if schedule or recalibrate:
             if schedule:
                 schedule.disable()
             used = reestimate_batchnorm(model, job.train_loader, job.device,
                                         recipe.dropbits.bn_reestimate_batches, amp=job.amp)
             if used:
-                why = "with DropBits off" if schedule else "after fixing the SLB weights"
+                why = "with DropBits off" if schedule else f"for the deployed {recipe.quant.method} network"
                 console.print(f"[dim]BatchNorm statistics re-estimated on {used} batches {why}[/]")
         quant_metrics = evaluate(model, job.val_loader, job.device, amp=job.amp,
                                  reporter=reporter, label="srq eval")
