@@ -38,7 +38,7 @@ def search_bits(
     pin: Annotated[list[str] | None, typer.Option(help="Fixed weight bits, e.g. 'conv1=8,fc=8' (repeatable).")] = None,
     act_bits: Annotated[int | None, typer.Option(help="Activation bits (fixed; default from the recipe).")] = None,
     strategy: Annotated[Strategy | None, typer.Option(help="learned (gates, docs/method.md §6) or sensitivity (Fisher + knapsack).")] = None,
-    gate_structure: Annotated[GateStructure | None, typer.Option(help="Gate levels: top (range rings) or lsb (resolution).")] = None,
+    gate_structure: Annotated[GateStructure | None, typer.Option(help="Gate levels: lsb (resolution, default) or top (range rings).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Search epochs (learned).")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate of the weights.")] = None,
     quant_lr: Annotated[float | None, typer.Option(help="Learning rate of the quantizer steps.")] = None,

@@ -11,15 +11,15 @@ The second form is what we compute: with gates exactly 0/1 its weights are exact
 the output *equals* (bit for bit) fixed-bit SRQ at the selected width — the telescoped first
 form would only equal it up to rounding.
 
-Level structure (``structure``):
+Level structure (``structure``; ``search-bits`` uses ``lsb`` by default, measured in
+docs/search-bits.md):
 
-``top`` (default, DropBits' top-bit variant: range rings): ``x̂_j`` is SRQ with the *same* step
+``top`` (DropBits' top-bit variant: range rings): ``x̂_j`` is SRQ with the *same* step
     ``α`` clamped to the ``j``-bit grid. ``x̂_j − x̂_{j−1}`` is non-zero only for the elements in
     the outer ring of the ``j``-bit grid, so a gate gets gradient from exactly the elements that
-    need its extra bit, as docs/method.md §6 describes; and a read-out layer is plain SRQ with the
-    searched step, so the search network and the read-out network agree.
+    need its extra bit; but a low level clips a ``b_max``-calibrated layer hard.
 ``lsb`` (DropBits' LSB variant: resolution levels): ``x̂_j`` is SRQ on the step ``2^(b_max−j)·α``
-    inside the ``b_max``-bit range (kept as an option for comparison).
+    inside the ``b_max``-bit range, so every level keeps the layer's range.
 
 Expected bits: ``E[b] = b_min + Σ_j Π_{j' ≤ j} P(z_j' > 0)`` (independent gates).
 

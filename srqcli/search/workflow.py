@@ -102,7 +102,7 @@ class SearchConfig:
     act_bits: int | None = None  # None: the recipe's quant.act_bits
     pins: dict[str, int] = field(default_factory=dict)  # layer name/pattern → weight bits
     strategy: str = "learned"
-    structure: str = "top"  # level structure of the gates (top | lsb)
+    structure: str = "lsb"  # level structure of the gates (lsb | top; docs/search-bits.md)
     gate_lr: float = 0.02
     #: Initial ``P(z > 0)`` of every gate, or ``"budget"``: the one value at which the expected
     #: cost equals the budget (:func:`~srqcli.search.regularizer.start_on_budget_`).
