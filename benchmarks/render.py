@@ -30,6 +30,7 @@ SUITES = (
     ("Issue #5 targets on CPU: Fashion-MNIST ResNet-20, SRQ against float, LSQ and RQ",
      "cpu_resnet20_targets.toml"),
     ("CPU suite, first and last layers at 8 bits (LSQ protocol)", "cpu_first_last8.toml"),
+    ("ResNet-20 probe, first and last layers at 8 bits", "cpu_resnet20_fl8.toml"),
     ("GPU suite: ResNet-20, all methods (all layers; then first/last at 8 bits)", "gpu_suite.toml"),
     ("Ablation: SRQ's π_m in the backward", "ablation_pi_mode.toml"),
     ("Ablation: SRQ's edge window and σ cap", "ablation_window_sigma.toml"),
