@@ -55,15 +55,10 @@ def finish_training(model: nn.Module) -> bool:
       statistics describe the sampled network. Measured: Fashion-MNIST ResNet-20 W2A2 after 3
       epochs, 21.34% top-1 with the trained statistics, 85.10% re-estimated on 50 batches.
 
-    Other methods train the forward they deploy (SRQ's DropBits is handled by its schedule).
+    A quantizer says so with :attr:`~srqcli.nn.quantizer.Quantizer.trains_other_forward`; the
+    others train the forward they deploy (SRQ's DropBits is handled by its schedule).
     """
-    recalibrate = False
     for m in model.modules():
-        if not is_quant_layer(m):
-            continue
-        if isinstance(m.weight_quant, SLBWeightQuantizer):
+        if is_quant_layer(m) and isinstance(m.weight_quant, SLBWeightQuantizer):
             m.weight_quant.harden_(m.weight)
-            recalibrate = True
-        if any(isinstance(q, RQQuantizer) for q in m.modules()):
-            recalibrate = True
-    return recalibrate
+    return any(isinstance(q, Quantizer) and q.trains_other_forward for q in model.modules())

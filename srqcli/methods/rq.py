@@ -79,6 +79,8 @@ def gumbel_noise(shape: torch.Size, device: torch.device) -> Tensor:
 class RQQuantizer(SRQQuantizer):
     """SRQ's parameters (``log α``, ``log σ``) with RQ's Gumbel-softmax training forward."""
 
+    trains_other_forward = True  # Gumbel-softmax samples in training, the mode deployed
+
     def __init__(self, bits: int, signed: bool | None, **kwargs) -> None:
         super().__init__(bits, signed, **kwargs)
         self.temperature = TEMPERATURE[0]  # set per step by the temperature schedule

@@ -47,6 +47,8 @@ class SLBWeightQuantizer(Quantizer):
     """Weights as softmax-relaxed choices over the grid; the layer's float weight only seeds
     the logits (``shape``: the weight's shape)."""
 
+    trains_other_forward = True  # softmax mixtures in training, the argmax deployed
+
     def __init__(self, bits: int, *, shape: torch.Size, channels: int | None = None,
                  channel_axis: int = 0) -> None:
         super().__init__(bits, True, channels=channels, channel_axis=channel_axis,

@@ -113,6 +113,9 @@ class Quantizer(nn.Module):
     uniform = True
     #: Calibration passes activation samples flattened; ``True``: as ``(channels, n)``.
     calibrates_per_channel = False
+    #: The training forward differs from the deployed one (a relaxed or sampled value, not
+    #: round-and-clip), so BatchNorm statistics are re-estimated after training.
+    trains_other_forward = False
 
     def __init__(self, bits: int, signed: bool | None, *, channels: int | None = None,
                  channel_axis: int = 0, dims: int = 1, learn_step: bool = True) -> None:
