@@ -19,7 +19,7 @@ import onnx
 from torch import nn
 
 from srqcli.export.encodings import freeze_model
-from srqcli.export.graph import trace
+from srqcli.nn.graph import trace
 from srqcli.export.to_onnx import build_onnx
 from srqcli.export.verify import executed_op_types, ort_session
 from srqcli.io.atomic import atomic_path

@@ -67,7 +67,7 @@ def save_packed(path: str | os.PathLike, model: nn.Module, info: ModelInfo,
                 bn_folds: dict[str, str] | None = None) -> dict[str, int]:
     """Write ``model`` as packed safetensors (atomically); returns byte counts for the report.
 
-    ``bn_folds`` (layer → BatchNorm, from :func:`srqcli.export.graph.find_bn_folds`) adds the
+    ``bn_folds`` (layer → BatchNorm, from :func:`srqcli.nn.graph.find_bn_folds`) adds the
     BN-folded deploy scale and bias of those layers.
     """
     bn_folds = bn_folds or {}

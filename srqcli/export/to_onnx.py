@@ -58,8 +58,16 @@ from torch import fx, nn
 from srqcli.errors import SrqError
 from srqcli.export.accumulator import CodeScaling, plan_code_scaling
 from srqcli.export.encodings import ActEncoding, FrozenLayer, FrozenModel, bn_affine
-from srqcli.export.graph import TracedModel
 from srqcli.export.packing import pack_bits
+from srqcli.nn.graph import (
+    TRANSPARENT,
+    NodeOp,
+    TracedModel,
+    classify,
+    model_output_layer,
+    node_arg,
+    quantizer_source,
+)
 from srqcli.nn.layers import is_quant_layer
 
 LAYOUTS = ("qdq", "packed")
@@ -90,80 +98,6 @@ def check_opset(layout: str, opset: int | None) -> int:
     return opset
 
 
-# --------------------------------------------------------------------------------------------
-# classification of traced nodes
-# --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Op:
-    """What a traced node does, in export's terms."""
-
-    kind: str  # relu | clip | maxpool | flatten | reshape | noop | other
-    lo: float = -math.inf
-    hi: float = math.inf
-
-
-#: ops a quantizer can move across: range limits (absorbed) or pure data movement (repeated)
-_TRANSPARENT = ("relu", "clip", "maxpool", "flatten", "reshape", "noop")
-
-
-def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
-
-
-def _same_shape(node: fx.Node, traced: TracedModel) -> bool:
-    src = node.args[0] if node.args else None
-    return isinstance(src, fx.Node) and traced.shape(src) is not None and traced.shape(src) == traced.shape(node)
-
-
-def classify(node: fx.Node, traced: TracedModel) -> _Op:
-    m = traced.module(node)
-    if node.op == "call_module":
-        if isinstance(m, nn.ReLU):
-            return _Op("relu", 0.0)
-        if isinstance(m, nn.ReLU6):
-            return _Op("clip", 0.0, 6.0)
-        if isinstance(m, nn.Hardtanh):
-            return _Op("clip", float(m.min_val), float(m.max_val))
-        if isinstance(m, nn.MaxPool2d) and not m.return_indices:
-            return _Op("maxpool")
-        if isinstance(m, nn.Flatten):
-            return _Op("flatten")
-        if isinstance(m, (nn.Dropout, nn.Identity)):
-            return _Op("noop")
-        if isinstance(m, nn.AdaptiveAvgPool2d) and _same_shape(node, traced):
-            return _Op("noop")
-        return _Op("other")
-    if node.op == "call_function":
-        t = node.target
-        if t in (F.relu, torch.relu):
-            return _Op("relu", 0.0)
-        if t is F.relu6:
-            return _Op("clip", 0.0, 6.0)
-        if t is F.hardtanh:
-            return _Op("clip", float(_arg(node, 1, "min_val", -1.0)), float(_arg(node, 2, "max_val", 1.0)))
-        if t is F.max_pool2d and not _arg(node, 6, "return_indices", False):
-            return _Op("maxpool")
-        if t is torch.flatten:
-            return _Op("flatten")
-        if t is F.dropout or (getattr(t, "__name__", "") == "stochastic_depth"
-                              and not _arg(node, 3, "training", True)):
-            return _Op("noop")  # eval mode: identity
-        return _Op("other")
-    if node.op == "call_method":
-        if node.target in ("relu", "relu_"):
-            return _Op("relu", 0.0)
-        if node.target == "flatten":
-            return _Op("flatten")
-        if node.target in ("view", "reshape"):
-            return _Op("reshape")
-        if node.target == "contiguous":
-            return _Op("noop")
-    return _Op("other")
-
-
 @dataclass
 class _Placement:
     """A layer-input quantizer moved onto the output of ``producer``."""
@@ -175,7 +109,7 @@ class _Placement:
     consumer: fx.Node
 
 
-def _clip_codes(enc: ActEncoding, op: _Op, lo: int, hi: int) -> tuple[int, int]:
+def _clip_codes(enc: ActEncoding, op: NodeOp, lo: int, hi: int) -> tuple[int, int]:
     """Code range after a range-limiting op ``op`` (bounds divided by the step as PyTorch does)."""
     step = torch.tensor(enc.step, dtype=torch.float32)
     if math.isfinite(op.lo):
@@ -192,17 +126,11 @@ def plan_placements(traced: TracedModel, frozen: FrozenModel) -> tuple[dict[fx.N
     for node in traced.gm.graph.nodes:
         if node.op != "call_module" or str(node.target) not in frozen.layers:
             continue
-        enc = frozen.layers[str(node.target)].act
-        src = node.args[0]
-        chain: list[fx.Node] = []
-        cur = src
-        while isinstance(cur, fx.Node) and len(cur.users) == 1 and classify(cur, traced).kind in _TRANSPARENT:
-            chain.append(cur)
-            cur = cur.args[0]
-        if not isinstance(cur, fx.Node) or len(cur.users) != 1 or cur in placements:
+        found = quantizer_source(node, traced)
+        if found is None or found[0] in placements:
             continue  # read elsewhere too: quantize at the layer's input only
-        if cur.op == "placeholder":
-            continue
+        cur, chain = found
+        enc = frozen.layers[str(node.target)].act
         lo, hi = enc.grid.kmin, enc.grid.kmax
         for c in chain:
             op = classify(c, traced)
@@ -500,10 +428,10 @@ class _Builder:
             if m is not None:
                 k, s, p, d, ceil = m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode
             else:
-                k = _arg(node, 1, "kernel_size", None)
-                s = _arg(node, 2, "stride", None) or k
-                p, d = _arg(node, 3, "padding", 0), _arg(node, 4, "dilation", 1)
-                ceil = _arg(node, 5, "ceil_mode", False)
+                k = node_arg(node, 1, "kernel_size", None)
+                s = node_arg(node, 2, "stride", None) or k
+                p, d = node_arg(node, 3, "padding", 0), node_arg(node, 4, "dilation", 1)
+                ceil = node_arg(node, 5, "ceil_mode", False)
             s = s or k
             return self.op("MaxPool", [x], base, kernel_shape=pair(k), strides=pair(s),
                            pads=pair(p) * 2, dilations=pair(d), ceil_mode=int(ceil))
@@ -512,10 +440,10 @@ class _Builder:
                 k, s, p = m.kernel_size, m.stride, m.padding
                 ceil, cip, div = m.ceil_mode, m.count_include_pad, m.divisor_override
             else:
-                k = _arg(node, 1, "kernel_size", None)
-                s = _arg(node, 2, "stride", None) or k
-                p, ceil = _arg(node, 3, "padding", 0), _arg(node, 4, "ceil_mode", False)
-                cip, div = _arg(node, 5, "count_include_pad", True), _arg(node, 6, "divisor_override", None)
+                k = node_arg(node, 1, "kernel_size", None)
+                s = node_arg(node, 2, "stride", None) or k
+                p, ceil = node_arg(node, 3, "padding", 0), node_arg(node, 4, "ceil_mode", False)
+                cip, div = node_arg(node, 5, "count_include_pad", True), node_arg(node, 6, "divisor_override", None)
             if div:
                 raise SrqError(f"{base}: avg_pool2d divisor_override cannot be exported")
             s = s or k
@@ -523,7 +451,7 @@ class _Builder:
                            pads=pair(p) * 2, ceil_mode=int(ceil), count_include_pad=int(cip))
         # adaptive average pooling
         src = self.traced.shape(node.args[0])  # type: ignore[arg-type]
-        size = m.output_size if m is not None else _arg(node, 1, "output_size", None)
+        size = m.output_size if m is not None else node_arg(node, 1, "output_size", None)
         if src is None or len(src) != 4:
             raise SrqError(f"{base}: adaptive pooling needs a 4-D input")
         h, w = src[2], src[3]
@@ -543,7 +471,7 @@ class _Builder:
         return self.op("Clip", [x, self.const(np.array(lo, dtype=np.float32), "clip_lo"),
                                 self.const(np.array(hi, dtype=np.float32), "clip_hi")], base)
 
-    def transparent(self, node: fx.Node, op: _Op, x: str, base: str) -> str:
+    def transparent(self, node: fx.Node, op: NodeOp, x: str, base: str) -> str:
         m = self.traced.module(node)
         if op.kind == "relu":
             return self.op("Relu", [x], base)
@@ -559,7 +487,7 @@ class _Builder:
         base = str(node.target) if node.op == "call_module" else node.name
         m = self.traced.module(node)
         op = classify(node, self.traced)
-        if op.kind in _TRANSPARENT:
+        if op.kind in TRANSPARENT:
             return self.transparent(node, op, self.value(node.args[0]), base)
         t = node.target
         if m is not None:
@@ -597,7 +525,7 @@ class _Builder:
                 return self.op("Mul", [self.value(node.args[0]), self.value(node.args[1])], base)
             if t in (torch.cat, torch.concat):
                 tensors = node.args[0]
-                dim = int(_arg(node, 1, "dim", 0))
+                dim = int(node_arg(node, 1, "dim", 0))
                 return self.op("Concat", [self.value(a) for a in tensors], base, axis=dim)  # type: ignore[union-attr]
             if t in (F.adaptive_avg_pool2d,):
                 return self.pool(node, "adaptive", self.value(node.args[0]), base, None)
@@ -611,8 +539,8 @@ class _Builder:
             if t in (F.hardswish,):
                 return self.op("HardSwish", [self.value(node.args[0])], base)
             if t in (torch.mean,) or name == "mean":
-                dims = _arg(node, 1, "dim", None)
-                keep = bool(_arg(node, 2, "keepdim", False))
+                dims = node_arg(node, 1, "dim", None)
+                keep = bool(node_arg(node, 2, "keepdim", False))
                 dims = [dims] if isinstance(dims, int) else list(dims)
                 x = self.value(node.args[0])
                 if self.opset >= 18:
@@ -717,19 +645,8 @@ def build_onnx(traced: TracedModel, frozen: FrozenModel, *, layout: str = "qdq",
 def output_layer(traced: TracedModel, frozen: FrozenModel) -> FrozenLayer | None:
     """The quantized layer whose output is the model output (through BN/flatten/dropout-like
     ops), or ``None``."""
-    out = next(n for n in traced.gm.graph.nodes if n.op == "output").args[0]
-    while isinstance(out, fx.Node):
-        name = str(out.target)
-        if out.op == "call_module" and name in frozen.layers:
-            return frozen.layers[name]
-        if out.op == "call_module" and name in frozen.bn_folds.values():
-            out = out.args[0]
-            continue
-        if classify(out, traced).kind in ("noop", "flatten", "reshape"):
-            out = out.args[0]
-            continue
-        return None
-    return None
+    name = model_output_layer(traced, set(frozen.layers))
+    return frozen.layers[name] if name is not None else None
 
 
 def output_step(traced: TracedModel, frozen: FrozenModel) -> float | None:

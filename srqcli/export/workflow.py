@@ -22,7 +22,7 @@ from torch import nn
 from srqcli import __version__
 from srqcli.errors import SrqError, short_reason
 from srqcli.export.encodings import FrozenModel, freeze_model
-from srqcli.export.graph import trace
+from srqcli.nn.graph import trace
 from srqcli.export.packing import packed_nbytes
 from srqcli.io.atomic import atomic_path
 from srqcli.io.quantized import FLOAT, QUANTIZED, ModelInfo, load_model

@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from srqcli.errors import SrqError
 from srqcli.export.demo import write_quantized_file
-from srqcli.export.graph import trace
+from srqcli.nn.graph import trace
 from srqcli.export.packed import load_packed, save_packed
 from srqcli.nn.surgery import quant_layers
 

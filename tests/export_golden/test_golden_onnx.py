@@ -32,7 +32,7 @@ from torch import nn
 
 from srqcli.export.demo import quantize_untrained, randomize_batchnorm
 from srqcli.export.encodings import freeze_model
-from srqcli.export.graph import trace
+from srqcli.nn.graph import trace
 from srqcli.export.to_onnx import build_onnx, output_layer, output_step
 from srqcli.export.verify import executed_op_types, ort_session, run_onnx
 
