@@ -57,6 +57,7 @@ class QuantConfig:
     weight_bits: int = 4
     act_bits: int = 4
     input_bits: int = 8  # the network input
+    output_bits: int | None = None  # quantize float-read layer outputs too (srqcli/nn/output_quant.py)
     first_last_bits: int | None = None  # None: first/last layers use weight_bits/act_bits
     skip: list[str] = field(default_factory=list)  # fnmatch patterns of layers left float
     per_channel: bool = False
@@ -112,7 +113,7 @@ class Recipe:
     def validate(self) -> Recipe:
         """Check value ranges; raises :class:`SrqError` naming the offending key."""
         q = self.quant
-        for key in ("weight_bits", "act_bits", "input_bits", "first_last_bits"):
+        for key in ("weight_bits", "act_bits", "input_bits", "first_last_bits", "output_bits"):
             _check_bits(f"quant.{key}", getattr(q, key))
         for pattern, bits in q.layers.items():
             if not isinstance(bits, dict):

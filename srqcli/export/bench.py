@@ -19,10 +19,10 @@ import onnx
 from torch import nn
 
 from srqcli.export.encodings import freeze_model
-from srqcli.nn.graph import trace
 from srqcli.export.to_onnx import build_onnx
 from srqcli.export.verify import executed_op_types, ort_session
 from srqcli.io.atomic import atomic_path
+from srqcli.nn.graph import trace
 
 
 def float_onnx(model: nn.Module, shape: tuple[int, ...], path: str | os.PathLike, opset: int = 19) -> Path:

@@ -4,7 +4,9 @@ For every quantized layer this gives two views of the same numbers:
 
 * the **trained** view, exactly what the PyTorch model computes: integer weight codes
   ``k = clamp(round(w/α), k_min, k_max)``, the weight step ``α`` (per tensor or per output
-  channel), the layer's own bias, and the input-activation encoding (bits, signedness, step);
+  channel), the layer's own bias, the input-activation encoding (bits, signedness, step) and,
+  with ``--output-bits``, the output encoding (:mod:`srqcli.nn.output_quant`; applied after
+  the folded BN);
 * the **deploy** view, with the BatchNorm that directly follows the layer folded in *exactly*:
   the codes are unchanged and the BN becomes a per-output-channel dequantization scale and a
   bias,
@@ -31,6 +33,8 @@ from srqcli.core.grid import IntGrid
 from srqcli.core.srq import srq_forward_codes
 from srqcli.errors import SrqError
 from srqcli.nn.layers import QuantConv2d, QuantLinear, is_quant_layer
+from srqcli.nn.output_quant import output_quantizer
+from srqcli.nn.quantizer import Quantizer
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class FrozenLayer:
     bias: Tensor | None  # the layer's own float bias
     act: ActEncoding
     bn: str | None = None  # name of the folded BatchNorm
+    output: ActEncoding | None = None  # the output quantizer, after the folded BN
     # deploy view
     scale: Tensor = field(default_factory=lambda: torch.empty(0))  # float32 (C_out,)
     deploy_codes: Tensor = field(default_factory=lambda: torch.empty(0))  # int16, flipped channels
@@ -107,11 +112,20 @@ def weight_codes(layer: QuantConv2d | QuantLinear) -> tuple[Tensor, Tensor, IntG
     return codes.to(torch.int16), alpha.reshape(-1) if alpha.numel() > 1 else alpha.reshape(()), grid
 
 
-def act_encoding(layer: QuantConv2d | QuantLinear) -> ActEncoding:
-    enc = layer.input_quant.encoding()
+def _encoding(q: Quantizer) -> ActEncoding:
+    enc = q.encoding()
     if enc.per_channel:
         raise SrqError("per-channel activation steps are not supported by export")
     return ActEncoding(enc.bits, enc.signed, float(enc.step.float()))
+
+
+def act_encoding(layer: QuantConv2d | QuantLinear) -> ActEncoding:
+    return _encoding(layer.input_quant)
+
+
+def output_encoding(layer: QuantConv2d | QuantLinear) -> ActEncoding | None:
+    q = output_quantizer(layer)
+    return _encoding(q) if q is not None else None
 
 
 def bn_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
@@ -133,7 +147,7 @@ def freeze_layer(name: str, layer: QuantConv2d | QuantLinear, bn: tuple[str, nn.
     frozen = FrozenLayer(
         name=name, kind=kind, weight_bits=grid.bits, weight_step=alpha, codes=codes,
         bias=layer.bias.detach().float().clone() if layer.bias is not None else None,
-        act=act_encoding(layer), bn=bn[0] if bn else None,
+        act=act_encoding(layer), bn=bn[0] if bn else None, output=output_encoding(layer),
     )
     if kind == "conv":
         if layer.padding_mode != "zeros":
@@ -185,6 +199,10 @@ def freeze_model(model: nn.Module, bn_folds: dict[str, str], *, require_quantize
         if is_quant_layer(module):
             bn_name = bn_folds.get(name)
             bn = (bn_name, modules[bn_name]) if bn_name else None
+            site = getattr(module, "output_site", None)
+            if output_quantizer(module) is not None and site != (bn_name or name):
+                raise SrqError(f"cannot export layer {name}: its output quantizer acts on {site}, but "
+                               f"export computes its output at {bn_name or name}")
             layers[name] = freeze_layer(name, module, bn)  # type: ignore[arg-type]
     if not layers and require_quantized:
         raise SrqError("the model has no quantized layers: export needs an srq-quantized model "

@@ -7,6 +7,8 @@ Format ``srq.packed``, version 1. Tensors, for every quantized layer ``L``:
                      of the weight shape, little-endian bit stream (:mod:`srqcli.export.packing`).
 ``L.weight.step``    float32 ``α`` (``[]`` per tensor, ``[C_out]`` per channel): ``w = α·k``.
 ``L.input.step``     float32 ``[]``: the input quantizer ``α_x·clamp(round(x/α_x), k_min, k_max)``.
+``L.output.step``    float32 ``[]``, only for a layer with an output quantizer (``--output-bits``):
+                     the same rounding on its output, after the BN folded into it.
 ``L.deploy.scale``   float32 ``[C_out]``, only when a BatchNorm directly follows ``L``: the
 ``L.deploy.bias``    BN folded exactly, ``y = conv(x̂, k)·scale_c + bias_c`` with the *stored*
                      codes (``scale_c`` is negative where the BN's ``γ_c`` is).
@@ -18,7 +20,8 @@ only shapes training gradients) and BN batch counters are not stored.
 Metadata: the keys of an ``srq.quantized`` file (architecture, classes, input size, recipe,
 bit plan, normalisation, metrics: see :mod:`srqcli.io.quantized`) with ``format =
 "srq.packed"``, plus ``packed_format_version`` and ``layers``: JSON ``{L: {type, shape, bits,
-signed, granularity, packing, act_bits, act_signed, bn}}``.
+signed, granularity, packing, act_bits, act_signed, bn}}`` (plus ``output_bits`` and
+``output_signed`` for a layer with an output quantizer; its site is in the bit plan).
 
 The loader rebuilds the srq model (same module classes as a quantize run) with
 ``w = fl32(α·k)`` and ``exp(log α) == α`` bit for bit, so its outputs are *identical* to the
@@ -40,17 +43,24 @@ from torch import Tensor, nn
 
 from srqcli import __version__
 from srqcli.errors import SrqError, short_reason
-from srqcli.export.encodings import act_encoding, bn_affine, weight_codes
+from srqcli.export.encodings import (
+    act_encoding,
+    bn_affine,
+    output_encoding,
+    weight_codes,
+)
 from srqcli.export.packing import pack_bits, packed_nbytes, unpack_bits
 from srqcli.io.atomic import save_safetensors_atomic
 from srqcli.io.quantized import QUANTIZED, ModelInfo
 from srqcli.models import build_model
 from srqcli.nn.layers import is_quant_layer
+from srqcli.nn.output_quant import output_quantizer
 from srqcli.nn.surgery import quant_layers, rebuild_quantized
 
 PACKED = "srq.packed"
 PACKED_VERSION = 1
 PACKING = "offset-binary, little-endian bit stream"
+_QUANTIZERS = ("weight_quant", "input_quant", "output_quant")
 
 
 def packed_metadata(path: str | os.PathLike) -> dict[str, str] | None:
@@ -96,8 +106,12 @@ def save_packed(path: str | os.PathLike, model: nn.Module, info: ModelInfo,
             "signed": grid.signed, "granularity": "per-channel" if alpha.numel() > 1 else "per-tensor",
             "packing": PACKING, "act_bits": act.bits, "act_signed": act.signed, "bn": bn,
         }
+        out = output_encoding(layer)
+        if out is not None:
+            tensors[f"{name}.output.step"] = torch.tensor(out.step, dtype=torch.float32)
+            layers[name].update(output_bits=out.bits, output_signed=out.signed)
         for key in list(state):
-            if key == f"{name}.weight" or key.startswith((f"{name}.weight_quant.", f"{name}.input_quant.")):
+            if key == f"{name}.weight" or key.startswith(tuple(f"{name}.{q}." for q in _QUANTIZERS)):
                 del state[key]
     for key, value in state.items():
         if key.endswith("num_batches_tracked"):
@@ -172,7 +186,8 @@ def load_packed(path: str | os.PathLike) -> tuple[nn.Module, ModelInfo]:
                 raise SrqError(f"{path} is damaged: layer {name} does not exist in {info.arch}")
             state.update(_layer_state(name, spec, layer, tensors))
         for key, value in tensors.items():
-            if key.endswith((".weight.packed", ".weight.step", ".input.step", ".deploy.scale", ".deploy.bias")):
+            if key.endswith((".weight.packed", ".weight.step", ".input.step", ".output.step", ".deploy.scale",
+                             ".deploy.bias")):
                 continue
             if key not in state:
                 raise SrqError(f"{path} is damaged: unexpected tensor {key}")
@@ -196,13 +211,19 @@ def _layer_state(name: str, spec: dict, layer: nn.Module, tensors: dict[str, Ten
         raise ValueError(f"layer {name}: {raw.size} packed bytes, expected {packed_nbytes(count, bits)}")
     kmin = -(1 << (bits - 1))
     codes = torch.from_numpy(unpack_bits(raw, bits, count) + kmin).reshape(shape).float()
-    wq, iq = layer.weight_quant, layer.input_quant
-    alpha = tensors[f"{name}.weight.step"].float().reshape(wq.log_alpha.shape)
-    act = tensors[f"{name}.input.step"].float().reshape(iq.log_alpha.shape)
-    if not (torch.isfinite(alpha).all() and (alpha > 0).all() and torch.isfinite(act).all() and (act > 0).all()):
+    wq, iq, oq = layer.weight_quant, layer.input_quant, output_quantizer(layer)
+    if (oq is None) != ("output_bits" not in spec) or (oq is not None and oq.bits != int(spec["output_bits"])):
+        raise ValueError(f"layer {name}: the stored output quantizer does not match the bit plan")
+    steps = [("weight_quant", wq, tensors[f"{name}.weight.step"], True),
+             ("input_quant", iq, tensors[f"{name}.input.step"], bool(spec["act_signed"]))]
+    if oq is not None:
+        steps.append(("output_quant", oq, tensors[f"{name}.output.step"], bool(spec["output_signed"])))
+    steps = [(prefix, q, step.float().reshape(q.log_alpha.shape), signed) for prefix, q, step, signed in steps]
+    if not all(torch.isfinite(step).all() and (step > 0).all() for _, _, step, _ in steps):
         raise ValueError(f"layer {name}: steps must be positive")
+    alpha = steps[0][2]
     out = {f"{name}.weight": codes * alpha}
-    for prefix, q, step, signed in (("weight_quant", wq, alpha, True), ("input_quant", iq, act, bool(spec["act_signed"]))):
+    for prefix, q, step, signed in steps:
         log_alpha = _exact_log(step)
         out[f"{name}.{prefix}.log_alpha"] = log_alpha
         out[f"{name}.{prefix}.log_sigma"] = (step * q.sigma_init).log()

@@ -18,7 +18,9 @@ the uint8/int8 *codes*; environment.md's ``Q → DQ → Clip → Q → DQ`` fuse
 float passes per layer instead of one byte-wise pass. The move is exact: a ReLU is
 the container's saturation at 0, a ReLU6 is a tighter clip bound, and max-pool/flatten commute
 with a monotone elementwise quantizer. A conv whose output is read in float (a residual add,
-average pooling, the logits) keeps a float bias and runs as ``DQ → Conv``.
+average pooling, the logits) keeps a float bias and runs as ``DQ → Conv``, unless the model
+quantizes that output itself (``srq quantize --output-bits``, :mod:`srqcli.nn.output_quant`):
+its output quantizer becomes ``Q → DQ`` right after the conv (BN folded), and the conv fuses.
 
 Such a float-output conv cannot fuse, and onnxruntime does not constant-fold a weight
 ``DequantizeLinear`` in a QDQ model: it dequantizes the codes on every run and the conv then
@@ -162,6 +164,7 @@ class OnnxStats:
     fused_candidates: list[str] = field(default_factory=list)  # layers with a Q on their output
     float_output_layers: list[str] = field(default_factory=list)
     requantized: list[str] = field(default_factory=list)  # float outputs given an int8 Q/DQ
+    quantized_outputs: list[str] = field(default_factory=list)  # layers with an output quantizer
     weight_types: dict[str, str] = field(default_factory=dict)
 
 
@@ -192,7 +195,7 @@ class _Builder:
             fl = self.frozen.layers.get(str(node.target)) if node.op == "call_module" else None
             if fl is None or fl.deploy_bias is None:
                 continue
-            if not (self.output_quantized(node) or fl.name in self.requant):
+            if not (self.output_quantized(node) or fl.output or fl.name in self.requant):
                 continue
             lo, hi = ranges.get(node, (fl.act.grid.kmin, fl.act.grid.kmax))
             plans[node] = plan_code_scaling(fl.deploy_codes.numpy(), fl.scale.numpy(), fl.deploy_bias.numpy(),
@@ -339,17 +342,19 @@ class _Builder:
             x = self.quantize_act(self.value(node.args[0]), fl.act, fl.act.grid.kmin, fl.act.grid.kmax,
                                   f"{fl.name}.input", shift=scaling.act_shift if scaling else 0)
         fused = self.output_quantized(node)
-        (self.stats.fused_candidates if fused else self.stats.float_output_layers).append(fl.name)
-        requant = not fused and fl.name in self.requant
+        if fl.output is not None:
+            self.stats.quantized_outputs.append(fl.name)
+        (self.stats.fused_candidates if fused or fl.output else self.stats.float_output_layers).append(fl.name)
+        requant = not fused and not fl.output and fl.name in self.requant
         # a float-output Gemm still fuses (QGemm), a float-output conv does not
-        w = self.weight(fl, scaling, as_float=self.float_unfused and fl.kind == "conv" and not (fused or requant))
+        w = self.weight(fl, scaling, as_float=self.float_unfused and fl.kind == "conv" and not (fused or requant or fl.output))
         # The bias goes into a separate Add where no integer kernel will use it. qdq: a
         # float-output Gemm fuses into QGemm only without a bias input. packed: onnxruntime's
         # basic level would round a DQ → Conv's bias to int32 although nothing fuses (W3A3
         # ResNet-20: 96.4% top-1 agreement with PyTorch instead of 100%); a packed Gemm keeps
         # its bias, without which onnxruntime fuses INT2 weights into a QGemm it then refuses
         # (the logits' rounded bias is at most half an output step off and goes no further).
-        separate = fl.deploy_bias is not None and not fused and not requant and \
+        separate = fl.deploy_bias is not None and not fused and not requant and not fl.output and \
             fl.kind == ("conv" if self.layout == "packed" else "linear")
         b = self.bias(fl, spatial=separate and fl.kind == "conv")
         inputs = [x, w] + ([b] if b and not separate else [])
@@ -361,6 +366,8 @@ class _Builder:
             y = self.linear(node, inputs, name)
         if separate:
             y = self.op("Add", [y, b], fl.name)
+        if fl.output is not None:  # the model's own output quantizer (--output-bits): exact
+            y = self.quantize_act(y, fl.output, fl.output.grid.kmin, fl.output.grid.kmax, f"{fl.name}.output")
         if requant:  # opt-in: int8 Q/DQ on an output PyTorch keeps in float, so the layer fuses
             self.stats.requantized.append(fl.name)
             scale = self.const(np.array(self.requant[fl.name], dtype=np.float32), "requant_scale")

@@ -22,10 +22,10 @@ from torch import nn
 from srqcli import __version__
 from srqcli.errors import SrqError, short_reason
 from srqcli.export.encodings import FrozenModel, freeze_model
-from srqcli.nn.graph import trace
 from srqcli.export.packing import packed_nbytes
 from srqcli.io.atomic import atomic_path
 from srqcli.io.quantized import FLOAT, QUANTIZED, ModelInfo, load_model
+from srqcli.nn.graph import trace
 from srqcli.report.writer import ReportFiles, rewrite_report
 
 FORMATS = ("onnx", "safetensors")
@@ -321,7 +321,8 @@ def export_onnx(model: nn.Module, info: ModelInfo | None, out: str | os.PathLike
                 raise SrqError(f"verification failed, nothing written: onnxruntime disagrees with the "
                                f"PyTorch model ({report.failure()})")
     details = {"fused_candidates": stats.fused_candidates, "float_output_layers": stats.float_output_layers,
-               "requantized": stats.requantized, "weight_types": stats.weight_types}
+               "requantized": stats.requantized, "quantized_outputs": stats.quantized_outputs,
+               "weight_types": stats.weight_types}
     return ExportResult(out, "onnx", layout, opset, out.stat().st_size, None,
                         report.to_dict() if report else None, details)
 

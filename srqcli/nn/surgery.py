@@ -6,6 +6,8 @@ every Conv2d (grouped and depthwise included) and Linear gets a weight quantizer
 input-activation quantizer; the network input uses ``input_bits`` (8); ``skip`` patterns leave
 layers float; ``first_last_bits`` keeps the first and last layer (execution order) at a given
 width (the LSQ protocol); ``layers`` patterns set per-layer bits (later patterns win).
+With ``output_bits``, layers whose output no quantizer reads also get an output quantizer
+(:mod:`srqcli.nn.output_quant`).
 
 Steps are initialised from the *float* network (docs/method.md §4: calibrating with quantizers
 already active zeroes 2-bit weights): activation samples are collected with hooks on the float
@@ -14,9 +16,11 @@ layers before they are swapped for quantized ones.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import itertools
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +28,9 @@ from torch import Tensor, nn
 from srqcli.config import QuantConfig
 from srqcli.errors import SrqError
 from srqcli.methods.registry import make_quantizer
+from srqcli.nn.graph import TracedModel, float_output_sites, trace
 from srqcli.nn.layers import QUANT_LAYERS, QuantConv2d, QuantLinear, is_quant_layer
+from srqcli.nn.output_quant import attach_output_quantizers
 from srqcli.nn.quantizer import Quantizer
 
 #: Activation values kept per layer and batch for the step search (a uniform subsample).
@@ -33,11 +39,14 @@ _SAMPLES_PER_BATCH = 1 << 16
 
 @dataclass(frozen=True)
 class LayerBits:
-    """Bit-widths chosen for one layer."""
+    """Bit-widths chosen for one layer; ``output_bits``/``output_site``: its output quantizer
+    and the module whose output it quantizes (the folded BatchNorm, else the layer)."""
 
     name: str
     weight_bits: int
     act_bits: int
+    output_bits: int | None = None
+    output_site: str | None = None
 
 
 def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -83,34 +92,46 @@ def plan_bits(names_in_order: list[str], cfg: QuantConfig) -> list[LayerBits]:
 
 
 class _ActivationSampler:
-    """Forward pre-hooks collecting input samples of float layers, in execution order.
+    """Hooks collecting samples of float modules' inputs (``tap="input"``) or outputs, in
+    execution order.
 
-    ``per_channel`` also keeps samples as ``(channels, n)`` (axis 1 of the input), drawn with
-    a generator of their own so the flat samples are the same either way.
+    ``per_channel`` also keeps samples as ``(channels, n)`` (axis 1), drawn with a generator of
+    their own so the flat samples are the same either way.
     """
 
-    def __init__(self, layers: Iterable[tuple[str, nn.Module]], seed: int,
-                 per_channel: bool = False) -> None:
+    def __init__(self, modules: Iterable[tuple[str, nn.Module]], seed: int,
+                 per_channel: bool = False, tap: str = "input") -> None:
         self.samples: dict[str, list[Tensor]] = {}
         self.channel_samples: dict[str, list[Tensor]] = {}
         self.order: list[str] = []
         self.generator = torch.Generator().manual_seed(seed)
         self.channel_generator = torch.Generator().manual_seed(seed) if per_channel else None
-        self.handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in layers]
+        if tap == "input":
+            self.handles = [m.register_forward_pre_hook(self._pre_hook(n)) for n, m in modules]
+        else:
+            self.handles = [m.register_forward_hook(self._hook(n)) for n, m in modules]
+
+    def _pre_hook(self, name: str):
+        def hook(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
+            self._record(name, args[0])
+        return hook
 
     def _hook(self, name: str):
-        def hook(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            x = args[0].detach().float().flatten().cpu()
-            if name not in self.samples:
-                self.samples[name] = []
-                self.order.append(name)
-            if x.numel() > _SAMPLES_PER_BATCH:
-                idx = torch.randint(x.numel(), (_SAMPLES_PER_BATCH,), generator=self.generator)
-                x = x[idx]
-            self.samples[name].append(x)
-            if self.channel_generator is not None:
-                self.channel_samples.setdefault(name, []).append(self._by_channel(args[0]))
+        def hook(_module: nn.Module, _args: tuple[Tensor, ...], out: Tensor) -> None:
+            self._record(name, out)
         return hook
+
+    def _record(self, name: str, value: Tensor) -> None:
+        x = value.detach().float().flatten().cpu()
+        if name not in self.samples:
+            self.samples[name] = []
+            self.order.append(name)
+        if x.numel() > _SAMPLES_PER_BATCH:
+            idx = torch.randint(x.numel(), (_SAMPLES_PER_BATCH,), generator=self.generator)
+            x = x[idx]
+        self.samples[name].append(x)
+        if self.channel_generator is not None:
+            self.channel_samples.setdefault(name, []).append(self._by_channel(value))
 
     def _by_channel(self, x: Tensor) -> Tensor:
         rows = x.detach().float().transpose(0, 1).reshape(x.shape[1], -1).cpu()
@@ -119,19 +140,44 @@ class _ActivationSampler:
             rows = rows[:, torch.randint(rows.shape[1], (keep,), generator=self.channel_generator)]
         return rows
 
+    def flat(self) -> dict[str, Tensor]:
+        return {n: torch.cat(v) for n, v in self.samples.items()}
+
+    def by_channel(self) -> dict[str, Tensor]:
+        return {n: torch.cat(v, dim=1) for n, v in self.channel_samples.items()}
+
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
 
 
+@dataclass
+class Calibration:
+    """Samples of the float network: each layer's input (``inputs``, ``input_channels``) and,
+    when asked, the outputs of candidate output-quantizer sites (``outputs``…)."""
+
+    order: list[str]  # layer execution order
+    inputs: dict[str, Tensor]
+    input_channels: dict[str, Tensor]
+    outputs: dict[str, Tensor] = field(default_factory=dict)
+    output_channels: dict[str, Tensor] = field(default_factory=dict)
+
+    def share(self, gather: Callable[[Tensor], Tensor]) -> None:
+        """Merge every sample set with the other processes' (``gather``: an all-gather)."""
+        for table in (self.inputs, self.input_channels, self.outputs, self.output_channels):
+            for name in list(table):
+                table[name] = gather(table[name])
+
+
 @torch.no_grad()
 def collect_activations(model: nn.Module, batches: Iterable[Tensor], seed: int = 0,
-                        per_channel: bool = False
-                        ) -> tuple[list[str], dict[str, Tensor], dict[str, Tensor]]:
-    """Run ``batches`` through the float ``model``; return layer execution order, flat
-    samples and (``per_channel``) ``(channels, n)`` samples per layer."""
+                        per_channel: bool = False, output_sites: Iterable[str] = ()) -> Calibration:
+    """Run ``batches`` through the float ``model``; sample every Conv2d/Linear input and the
+    outputs of the modules named in ``output_sites``."""
     layers = quantizable_layers(model)
+    modules = dict(model.named_modules())
     sampler = _ActivationSampler(layers, seed, per_channel)
+    out_sampler = _ActivationSampler([(n, modules[n]) for n in output_sites], seed, per_channel, tap="output")
     was_training = model.training
     model.eval()
     try:
@@ -141,17 +187,18 @@ def collect_activations(model: nn.Module, batches: Iterable[Tensor], seed: int =
             ran = True
     finally:
         sampler.remove()
+        out_sampler.remove()
         model.train(was_training)
     if not ran:
         raise SrqError("no calibration batches: the training data is empty")
     unused = [n for n, _ in layers if n not in sampler.samples]
     order = sampler.order + unused  # layers never called keep definition order at the end
-    return (order, {n: torch.cat(v) for n, v in sampler.samples.items()},
-            {n: torch.cat(v, dim=1) for n, v in sampler.channel_samples.items()})
+    return Calibration(order, sampler.flat(), sampler.by_channel(), out_sampler.flat(), out_sampler.by_channel())
 
 
 def attach_quantizers(model: nn.Module, plan: list[LayerBits], cfg: QuantConfig) -> nn.Module:
-    """Swap planned float layers for quantized ones in place (uncalibrated quantizers)."""
+    """Swap planned float layers for quantized ones in place (uncalibrated quantizers), and
+    attach the planned output quantizers."""
     modules = dict(model.named_modules())
     for lb in plan:
         layer = modules[lb.name]
@@ -162,7 +209,23 @@ def attach_quantizers(model: nn.Module, plan: list[LayerBits], cfg: QuantConfig)
                                             channels=channels, shape=layer.weight.shape)
         layer.input_quant = make_quantizer(cfg, lb.act_bits, activation=True, channels=None,
                                            shape=layer.weight.shape)
+    attach_output_quantizers(model, plan, cfg)
     return model
+
+
+def _trace_float(model: nn.Module, input_shape: tuple[int, ...]) -> TracedModel:
+    was_training = model.training
+    try:
+        return trace(model, input_shape, purpose="find the float layer outputs of")
+    finally:
+        model.train(was_training)
+
+
+def with_output_sites(plan: list[LayerBits], sites: dict[str, str], bits: int) -> list[LayerBits]:
+    """``plan`` with an output quantizer of ``bits`` on each layer of ``sites`` (layer → the
+    module whose output it quantizes)."""
+    return [dataclasses.replace(lb, output_bits=bits, output_site=sites[lb.name]) if lb.name in sites else lb
+            for lb in plan]
 
 
 @torch.no_grad()
@@ -175,28 +238,39 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, calib_batches: Iterable[T
     multi-process run (an all-gather), so the steps come from every process's calibration
     batches and are identical everywhere.
     """
-    order, samples, channel_samples = collect_activations(model, calib_batches, seed,
-                                                          per_channel=cfg.method == "dq")
+    batches = iter(calib_batches)
+    first = next(batches, None)
+    if first is None:
+        raise SrqError("no calibration batches: the training data is empty")
+    # output quantizers sit where the traced graph says a layer's output stays float
+    traced = _trace_float(model, (2, *first.shape[1:])) if cfg.output_bits is not None else None
+    sites = [traced.bn_folds.get(n, n) for n, _ in quantizable_layers(model)] if traced else []
+    calib = collect_activations(model, itertools.chain([first], batches), seed,
+                                per_channel=cfg.method == "dq", output_sites=sites)
     if share is not None:
-        samples = {name: share(samples[name]) for name in order if name in samples}
-        channel_samples = {name: share(channel_samples[name]) for name in order
-                           if name in channel_samples}
-    plan = plan_bits(order, cfg)
+        calib.share(share)
+    plan = plan_bits(calib.order, cfg)
+    if traced is not None and cfg.output_bits is not None:
+        plan = with_output_sites(plan, float_output_sites(traced, [lb.name for lb in plan]), cfg.output_bits)
     attach_quantizers(model, plan, cfg)
     modules = dict(model.named_modules())
     for lb in plan:
         layer = modules[lb.name]
         layer.weight_quant.init_step(layer.weight)
-        acts = (channel_samples if layer.input_quant.calibrates_per_channel else samples).get(lb.name)
-        if acts is None:
-            raise SrqError(f"layer {lb.name} was never called during calibration; skip it with --skip")
-        layer.input_quant.init_step(acts)
+        quantizers = [(layer.input_quant, calib.input_channels, calib.inputs, lb.name)]
+        if lb.output_site is not None:
+            quantizers.append((layer.output_quant, calib.output_channels, calib.outputs, lb.output_site))
+        for q, by_channel, flat, key in quantizers:
+            acts = (by_channel if q.calibrates_per_channel else flat).get(key)
+            if acts is None:
+                raise SrqError(f"layer {lb.name} was never called during calibration; skip it with --skip")
+            q.init_step(acts)
     return model, plan
 
 
 def is_quantizer_key(key: str) -> bool:
-    """Whether a state_dict key belongs to a layer's weight or input quantizer."""
-    return ".weight_quant." in key or ".input_quant." in key
+    """Whether a state_dict key belongs to a layer's weight, input or output quantizer."""
+    return any(part in key for part in (".weight_quant.", ".input_quant.", ".output_quant."))
 
 
 def float_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -246,7 +246,7 @@ def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, overwrite: 
         else:
             model, plan, _cost, alloc, history, ro, metrics = _learned(
                 job, model, q, budget, input_shape, cfg, pins, state)
-    final_plan = [LayerBits(lb.name, alloc.bits[lb.name], lb.act_bits) for lb in plan]
+    final_plan = [dataclasses.replace(lb, weight_bits=alloc.bits[lb.name]) for lb in plan]
     header = [(f"srq search-bits {__version__}: {recipe.model.arch}, strategy {cfg.strategy}, "
                f"bits {cfg.min_bits}..{cfg.max_bits}"),
               (f"budget {budget.kind} = {budget.value:g}; achieved {alloc.achieved:.6g} "

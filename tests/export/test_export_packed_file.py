@@ -11,8 +11,8 @@ from safetensors import safe_open
 
 from srqcli.errors import SrqError
 from srqcli.export.demo import write_quantized_file
-from srqcli.nn.graph import trace
 from srqcli.export.packed import load_packed, save_packed
+from srqcli.nn.graph import trace
 from srqcli.nn.surgery import quant_layers
 
 # eager SRQ math (bit-identical to the compiled kernels) on one thread: see tests/conftest.py
@@ -35,6 +35,8 @@ CASES = {
                                           "fc3": {"weight_bits": 8, "act_bits": 8}}),
     "resnet20-w2a2-per-channel": dict(arch="resnet20", in_channels=3, image_size=16, weight_bits=2,
                                       act_bits=2, per_channel=True),
+    "resnet20-w3a3-output-8-bits": dict(arch="resnet20", in_channels=3, image_size=16, weight_bits=3,
+                                        act_bits=3, output_bits=8),
 }
 
 
@@ -50,6 +52,10 @@ def test_round_trip_is_exact(case, tmp_path):
     for (name, a), (_, b) in zip(quant_layers(model), quant_layers(rebuilt)):
         assert torch.equal(a.weight_quant.alpha, b.weight_quant.alpha), name
         assert torch.equal(a.input_quant.alpha, b.input_quant.alpha), name
+        if hasattr(a, "output_quant"):
+            assert torch.equal(a.output_quant.alpha, b.output_quant.alpha), name
+            assert bool(a.output_quant.signed_flag) == bool(b.output_quant.signed_flag), name
+        assert hasattr(a, "output_quant") == hasattr(b, "output_quant"), name
         with torch.no_grad():
             assert torch.equal(a.weight_quant(a.weight), b.weight_quant(b.weight)), name
 

@@ -9,7 +9,11 @@ import torch
 from srqcli.search.budget import FILL, BudgetSpec, CostModel, LayerCost
 from srqcli.search.gated import GatedSRQQuantizer
 from srqcli.search.readout import readout, repair
-from srqcli.search.regularizer import LagrangeMultiplier, expected_cost, start_on_budget_
+from srqcli.search.regularizer import (
+    LagrangeMultiplier,
+    expected_cost,
+    start_on_budget_,
+)
 
 torch.set_num_threads(1)
 
