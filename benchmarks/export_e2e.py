@@ -10,7 +10,10 @@ Uses the SRQ + DropBits runs written by ``benchmarks.fmnist_accuracy`` (W4A4 and
    integer kernels run;
    ``--float-unfused`` stores the convs that cannot fuse with float weights (still exact);
    with ``--requant`` the residual/stem conv outputs get calibrated int8 Q/DQ too (see notes);
-4. compares file sizes with the limit Σ bits·params/8.
+4. compares file sizes with the limit Σ bits·params/8;
+5. trains (once, cached) the same run with ``srq quantize --output-bits 8`` (residual-branch,
+   shortcut and stem outputs quantized in training), exports it as exact QDQ ONNX (verified)
+   and reports its top-1, agreement and latency next to the others.
 
     python -m benchmarks.export_e2e
 """
@@ -25,14 +28,26 @@ import torch
 from benchmarks.common import RESULTS, write_result
 from srqcli.data import DataSpec, load_datasets, make_loaders
 from srqcli.errors import SrqError
+from srqcli.config import load_recipe
 from srqcli.export.artifacts import load_any
 from srqcli.export.bench import float_onnx, integer_ops, latency_table
 from srqcli.export.workflow import eager_quantizers, run_export
 from srqcli.io.quantized import load_model
 from srqcli.report.stats import layer_stats
+from srqcli.workflow.quantize import run_quantize
 
 CACHE = RESULTS / "cache"
 DATA = "/usr/share/datasets/fashion-mnist"
+
+
+def output_bits_run(run, bits: int = 8):
+    """``run``'s recipe trained again with ``--output-bits bits`` (cached next to it)."""
+    out = run.with_name(f"{run.name}_out{bits}")
+    if not (out / "model.safetensors").is_file():
+        recipe = load_recipe(str(run / "recipe.toml"))
+        recipe.quant.output_bits = bits
+        run_quantize(recipe, out, overwrite=True)
+    return out
 
 
 @torch.no_grad()
@@ -70,23 +85,32 @@ def main() -> None:
             except SrqError as exc:  # verification refused the artifact: record why
                 row["refused"][name] = str(exc)
                 exports[name] = run_export(str(run), data=args.data, verify=False, out=out / file, **kwargs)
+        run8 = output_bits_run(run)
+        try:
+            exports["onnx_output8"] = run_export(str(run8), data=args.data, out=out / "model.output8.onnx", fmt="onnx")
+        except SrqError as exc:
+            row["refused"]["onnx_output8"] = str(exc)
+            exports["onnx_output8"] = run_export(str(run8), data=args.data, verify=False,
+                                                 out=out / "model.output8.onnx", fmt="onnx")
         model, info = load_model(run / "model.safetensors")
         with eager_quantizers():
             ref, labels = predictions(model, val)
             packed, _ = predictions(load_any(exports["safetensors"].path)[0], val)
+            ref8, _ = predictions(load_model(run8 / "model.safetensors")[0], val)
         row["pytorch_top1"] = float((ref == labels).float().mean() * 100)
+        row["output8_pytorch_top1"] = float((ref8 == labels).float().mean() * 100)
         row["packed_safetensors_identical"] = bool(torch.equal(packed, ref))
-        for name in ("onnx", "onnx_float_unfused", "onnx_requant", "onnx_packed"):
+        for name in ("onnx", "onnx_float_unfused", "onnx_requant", "onnx_packed", "onnx_output8"):
             pred, _ = predictions(load_any(exports[name].path)[0], val)
             row[f"{name}_top1"] = float((pred == labels).float().mean() * 100)
-            row[f"{name}_agreement"] = float((pred == ref).float().mean() * 100)
+            row[f"{name}_agreement"] = float((pred == (ref8 if name == "onnx_output8" else ref)).float().mean() * 100)
         onnx_exact, onnx_requant, onnx_packed, st = (exports[k] for k in ("onnx", "onnx_requant", "onnx_packed", "safetensors"))
         float_model, _ = load_model(next(CACHE.glob("resnet20_fmnist_float_*.safetensors")))
         fl = float_onnx(float_model, (1, info.in_channels, info.image_size, info.image_size), out / "float.onnx")
         shape = (info.in_channels, info.image_size, info.image_size)
         row["load_average"] = list(os.getloadavg())
         timed = {"onnx": onnx_exact.path, "onnx_float_unfused": exports["onnx_float_unfused"].path,
-                 "onnx_requant": onnx_requant.path}
+                 "onnx_requant": onnx_requant.path, "onnx_output8": exports["onnx_output8"].path}
         row.update(latency_table({"float": fl, **timed}, shape, threads=2, rounds=30))
         row["integer_ops"] = {name: integer_ops(path) for name, path in timed.items()}
         stats = layer_stats(model)
@@ -94,6 +118,7 @@ def main() -> None:
         row["bytes"] = {"float_onnx": fl.stat().st_size, "qdq_onnx": onnx_exact.bytes,
                         "qdq_float_unfused_onnx": exports["onnx_float_unfused"].bytes,
                         "packed_onnx": onnx_packed.bytes, "packed_safetensors": st.bytes,
+                        "output8_qdq_onnx": exports["onnx_output8"].bytes,
                         "checkpoint": (run / "model.safetensors").stat().st_size,
                         "limit_quantized_weights": limit}
         results[f"w{bits}a{bits}"] = row

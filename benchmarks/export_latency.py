@@ -7,6 +7,9 @@ there is no accuracy to report. For each bit-width the model is exported as exac
 and the exporters' exactness is the tests' job); every export and the float ONNX export of
 the same network are timed side by side in alternating rounds (2 threads, batch 1 and 16),
 and the integer kernels onnxruntime runs and its per-op-type profile at batch 1 are recorded.
+``w{b}a{b}_output8`` is the network quantized with ``output_bits=8`` (``srq quantize
+--output-bits 8``: residual-branch, shortcut and stem outputs quantized in the model), exported
+as exact ``qdq``.
 
     python -m benchmarks.export_latency
 """
@@ -52,6 +55,10 @@ def main() -> None:
             name = f"w{bits}a{bits}{variant}"
             paths[name] = export_onnx(qmodel, None, out / f"{name}.onnx", shape=(1, *SHAPE), verify=False,
                                       batches=calib, **opts).path
+        qmodel = quantize_untrained(copy.deepcopy(model), (8, *SHAPE), weight_bits=bits, act_bits=bits, output_bits=8)
+        name = f"w{bits}a{bits}_output8"
+        paths[name] = export_onnx(qmodel, None, out / f"{name}.onnx", shape=(1, *SHAPE), verify=False,
+                                  batches=calib).path
     load_before = os.getloadavg()
     table = latency_table(paths, SHAPE, threads=args.threads, rounds=args.rounds)
     result = {

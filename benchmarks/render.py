@@ -240,7 +240,9 @@ def export_latency_section() -> list[str]:
               f"side by side in {r['rounds']} alternating rounds per batch size, median time and median "
               "per-round speed-up over the float ONNX export of the same network (BatchNorm folded, "
               "same builder). `w4a4`/`w3a3` are the exact qdq export, `float unfused` is `qdq --float-unfused` "
-              "(exact too), `requant` is `qdq --requant` (not bit-exact). Target: ≥ 2× float.",
+              "(exact too), `requant` is `qdq --requant` (not bit-exact), `output8` is the network quantized "
+              "with `--output-bits 8` (residual, shortcut and stem outputs quantized in the model), exported "
+              "as exact qdq. Target: ≥ 2× float.",
               "", *_provenance(r), "",
               _load_text(r["load_average"]), "",
               "| export | batch | ms | float ms | speed-up | integer kernels run | file MB (float "
@@ -270,27 +272,33 @@ def export_section() -> list[str]:
               "speed-up over the float ONNX export). `qdq` is the exact export (verified at export); "
               "`--float-unfused` stores the convs that cannot fuse with float32 weights (same values, "
               "exact); `--requant` adds calibrated int8 Q/DQ on residual-branch and stem conv outputs "
-              "so every conv fuses (not bit-exact).",
+              "so every conv fuses (not bit-exact). `--output-bits 8` is the same run trained again with "
+              "`srq quantize --output-bits 8`: those outputs are quantized in training, so its exact qdq "
+              "export fuses every conv (its agreement is with its own PyTorch model).",
               "", *_provenance(r), "",
               "| model | PyTorch top-1 | ORT top-1 (qdq) | agreement | ORT top-1 (float-unfused) | agreement "
-              "| ORT top-1 (requant) | agreement | packed ONNX top-1 | packed safetensors identical |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|:-:|"]
+              "| ORT top-1 (requant) | agreement | packed ONNX top-1 | packed safetensors identical "
+              "| PyTorch top-1 (--output-bits 8) | ORT top-1 (qdq) | agreement |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|:-:|---:|---:|---:|"]
     for name, row in r["runs"].items():
         cells = " | ".join(f"{row[f'{k}_top1']:.2f} | {row[f'{k}_agreement']:.2f}%"
                            for k in ("onnx", "onnx_float_unfused", "onnx_requant"))
+        out8 = (f"{row['output8_pytorch_top1']:.2f} | {row['onnx_output8_top1']:.2f} | "
+                f"{row['onnx_output8_agreement']:.2f}%") if "onnx_output8_top1" in row else "— | — | —"
         lines.append(f"| {name.upper()} | {row['pytorch_top1']:.2f} | {cells} | {row['onnx_packed_top1']:.2f} | "
-                     f"{'yes' if row['packed_safetensors_identical'] else 'NO'} |")
+                     f"{'yes' if row['packed_safetensors_identical'] else 'NO'} | {out8} |")
     for name, row in r["runs"].items():
         for artifact, why in row.get("refused", {}).items():
             lines.append(f"\n**{name.upper()} {artifact}: refused by export verification** ({why}); the "
                          "numbers in its columns are from the same export written with `--no-verify`.")
     lines += ["", "| model | batch | float ONNX (ms) | qdq (ms) | speed-up | --float-unfused (ms) | speed-up "
-              "| --requant (ms) | speed-up | load (1 min) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| --requant (ms) | speed-up | --output-bits 8 qdq (ms) | speed-up | load (1 min) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in r["runs"].items():
         lat, up = row["latency_ms"], row["speedup"]
         for b in (1, 16):
-            cells = " | ".join(f"{lat[f'{k}_b{b}']:.2f} | {up[f'{k}_b{b}']:.2f}×"
-                               for k in ("onnx", "onnx_float_unfused", "onnx_requant"))
+            cells = " | ".join(f"{lat[f'{k}_b{b}']:.2f} | {up[f'{k}_b{b}']:.2f}×" if f"{k}_b{b}" in lat else "— | —"
+                               for k in ("onnx", "onnx_float_unfused", "onnx_requant", "onnx_output8"))
             lines.append(f"| {name.upper()} | {b} | {lat[f'float_b{b}']:.2f} | {cells} | {row['load_average'][0]:.2f} |")
     if max(row["load_average"][0] for row in r["runs"].values()) > 1.0:
         lines += ["", "**Measured under load** (load average > 1 on 2 cores: other jobs running): absolute "
