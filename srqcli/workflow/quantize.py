@@ -158,6 +158,7 @@ class Job:
             plan = start_plan
             _check_start_plan(plan, plan_bits([n for n, _ in quantizable_layers(model)], q),
                               self.recipe.model.checkpoint)
+            _check_start_outputs(plan, q.output_bits, self.recipe.model.checkpoint)
         attach_quantizers(model, plan, q)
         return model, plan
 
@@ -302,6 +303,15 @@ def _check_start_plan(saved: list[LayerBits], requested: list[LayerBits], path: 
     raise SrqError(f"{path} is quantized with other bits ({name}: {show(have.get(name))} in the file, "
                    f"{show(want.get(name))} asked); pass the bit config it was made with (e.g. "
                    "--bit-config OUT/bits.toml) or start from a float checkpoint")
+
+
+def _check_start_outputs(saved: list[LayerBits], output_bits: int | None, path: str | None) -> None:
+    """A quantized start file keeps its output quantizers (``--output-bits``): ask for the same."""
+    have = {p.output_bits for p in saved if p.output_bits is not None}
+    if have == ({output_bits} if output_bits is not None else set()):
+        return
+    made = f"--output-bits {have.pop()}" if have else "no --output-bits"
+    raise SrqError(f"{path} was quantized with {made}; pass the same or start from a float checkpoint")
 
 
 def float_start(job: Job, model: nn.Module, resume_state: dict[str, Any] | None = None

@@ -50,3 +50,16 @@ def test_output_bits_run_exports_every_conv_as_an_integer_kernel(tmp_path):
     assert st["top1"] == ck["top1"]  # the packed file rebuilds the same network
     # onnxruntime's fused kernels round biases to int32 (tests/export_golden): ≤ 3 of 360 images
     assert abs(ox["top1"] - ck["top1"]) <= 1.0
+
+    # Continuing from the quantized file keeps its output quantizers: the flag must agree.
+    res = runner.invoke(app, ["quantize", "resnet20", "--recipe", str(recipe), "--data", "example",
+                              "-c", str(run / "model.safetensors"), "--bits", "4", "--epochs", "0",
+                              "--out", str(tmp_path / "bad"), "--quiet"])
+    assert res.exit_code == 2 and "was quantized with --output-bits 8" in res.output
+    assert not (tmp_path / "bad").exists()
+    res = runner.invoke(app, ["quantize", "resnet20", "--recipe", str(recipe), "--data", "example",
+                              "-c", str(run / "model.safetensors"), "--bits", "4", "--output-bits", "8",
+                              "--epochs", "0", "--out", str(tmp_path / "again"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["plan"] == plan
