@@ -187,12 +187,10 @@ def integer_reference(path, x: np.ndarray) -> np.ndarray:
     return run_onnx(ort_session(basic, "disabled"), x)
 
 
-@pytest.mark.parametrize("per_channel", [False, True], ids=["per-tensor", "per-channel"])
-@pytest.mark.parametrize("bits", [2, 3, 4, 8])
-@pytest.mark.parametrize("name", list(MODELS))
-def test_qdq_matches_pytorch(name, bits, per_channel, tmp_path):
-    model = make(name, bits, per_channel)
-    proto, step, _, _ = export(model)
+def check_onnxruntime(model: nn.Module, proto, step: float, tmp_path) -> tuple:
+    """Save ``proto``; assert onnxruntime without optimisation is within 1 output step of
+    PyTorch and the default level within 1 step of the integer reference. Returns the file,
+    the default-level outputs and PyTorch's."""
     path = tmp_path / "m.onnx"
     onnx.save(proto, path)
     x = inputs()
@@ -200,8 +198,17 @@ def test_qdq_matches_pytorch(name, bits, per_channel, tmp_path):
     off = run_onnx(ort_session(path, "disabled"), x)
     assert np.abs(off - ref).max() <= step, f"ORT_DISABLE_ALL off by {np.abs(off - ref).max() / step:.3g} steps"
     default = run_onnx(ort_session(path, "default"), x)
-    int_ref = integer_reference(path, x)
-    assert np.abs(default - int_ref).max() <= step
+    assert np.abs(default - integer_reference(path, x)).max() <= step
+    return path, default, ref
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per-tensor", "per-channel"])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_qdq_matches_pytorch(name, bits, per_channel, tmp_path):
+    model = make(name, bits, per_channel)
+    proto, step, _, _ = export(model)
+    _, default, ref = check_onnxruntime(model, proto, step, tmp_path)
     assert np.abs(default - ref).max() <= DEFAULT_MAX_FLIPS * flip_step(model)
 
 
@@ -295,13 +302,7 @@ def test_negative_gamma_with_code_minus_128(tmp_path):
     assert int(fl.codes[0].min()) == -128
     assert fl.negative_scale_channels == [0]
     assert bool(fl.flipped[1]) and float(fl.scale[1]) > 0 and float(fl.scale[0]) < 0
-    path = tmp_path / "m.onnx"
-    onnx.save(proto, path)
-    x = inputs()
-    ref = reference(model, x)
-    assert np.abs(run_onnx(ort_session(path, "disabled"), x) - ref).max() <= step
-    default = run_onnx(ort_session(path, "default"), x)
-    assert np.abs(default - integer_reference(path, x)).max() <= step
+    check_onnxruntime(model, proto, step, tmp_path)
 
 
 def test_bn_folding_is_exact_in_float64():
@@ -336,13 +337,7 @@ def test_output_quantizers_fuse_every_conv_exactly(bits, per_channel, output_bit
     proto, step, _, stats = export(model)
     assert sorted(stats.quantized_outputs) == ["c2", "c4", "down.0", "stem.0"]
     assert stats.float_output_layers == ["fc"]
-    path = tmp_path / "m.onnx"
-    onnx.save(proto, path)
-    x = inputs()
-    ref = reference(model, x)
-    assert np.abs(run_onnx(ort_session(path, "disabled"), x) - ref).max() <= step
-    default = run_onnx(ort_session(path, "default"), x)
-    assert np.abs(default - integer_reference(path, x)).max() <= step
+    path, default, ref = check_onnxruntime(model, proto, step, tmp_path)
     assert np.abs(default - ref).max() <= (4 if bits == 8 else 1) * flip_step(model)
     ops = executed_op_types(path, tmp_path)
     assert ops.get("QLinearConv", 0) == 6 and "Conv" not in ops and "FusedConv" not in ops, ops
