@@ -87,7 +87,8 @@ def _quant_entry(s, macs: dict[str, int] | None) -> LayerEntry:
         weight_steps=list(s.weight_step), weight_step_min=min(s.weight_step),
         weight_step_max=max(s.weight_step), act_step=s.act_step, packed_bytes=s.packed_bytes,
         bops=None if m is None else m * s.weight_bits * s.act_bits,
-        cluster_fraction=finite(s.cluster_fraction), clipped_fraction=finite(s.clipped_fraction))
+        cluster_fraction=finite(s.cluster_fraction), clipped_fraction=finite(s.clipped_fraction),
+        output_bits=s.output_bits, output_step=s.output_step)
 
 
 def _float_entry(name: str, m: nn.Module, macs: dict[str, int] | None) -> LayerEntry:

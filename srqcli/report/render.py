@@ -48,6 +48,8 @@ def layer_cells(r: LayerEntry) -> list[str]:
     wb = str(r.weight_bits) if r.quantized else "32 (float)"
     ab = f"{r.act_bits}{'' if r.act_signed is None else ('s' if r.act_signed else 'u')}" \
         if r.quantized else "32"
+    if r.output_bits is not None:
+        ab += f", output {r.output_bits}"
     return [r.name, kind, "×".join(map(str, r.shape)), f"{r.params:,}", si(r.macs),
             wb, ab, steps(r), f"{r.packed_bytes:,} B", si(r.bops), pct(r.cluster_fraction)]
 
@@ -125,6 +127,8 @@ def _compact_cells(r: LayerEntry) -> list[str]:
     kind = r.type + (f" g{r.groups}" if r.groups > 1 else "")
     if r.quantized:
         bits = f"{r.weight_bits}/{r.act_bits}{'' if r.act_signed is None else ('s' if r.act_signed else 'u')}"
+        if r.output_bits is not None:
+            bits += f" →{r.output_bits}"
         step = f"{r.weight_step_min:.3g}" if not r.per_channel else \
             f"{r.weight_step_min:.2g} – {r.weight_step_max:.2g}"  # wraps at the spaces
     else:

@@ -52,6 +52,8 @@ class LayerEntry:
     bops: int | None
     cluster_fraction: float | None
     clipped_fraction: float | None
+    output_bits: int | None = None  # optional fields: added without a version change
+    output_step: float | None = None
 
 
 @dataclass

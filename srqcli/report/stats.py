@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from srqcli.core.grid import IntGrid
 from srqcli.errors import SrqError, short_reason
 from srqcli.nn.layers import QUANT_LAYERS, is_quant_layer
+from srqcli.nn.output_quant import output_quantizer
 from srqcli.nn.quantizer import Quantizer
 
 FLOAT_BITS = 32
@@ -41,6 +42,8 @@ class LayerStats:
     groups: int = 1
     cluster_fraction: float | None = None  # see grid_proximity
     clipped_fraction: float | None = None
+    output_bits: int | None = None  # the layer's output quantizer (--output-bits), if any
+    output_step: float | None = None
 
     @property
     def packed_bytes(self) -> int:
@@ -96,12 +99,14 @@ def layer_stats(model: nn.Module) -> list[LayerStats]:
         if not is_quant_layer(m):
             continue
         w, a = m.weight_quant.encoding(), m.input_quant.encoding()
+        o = q.encoding() if (q := output_quantizer(m)) is not None else None
         cluster, clipped = grid_proximity(m.weight, w.step, w.grid)
         rows.append(LayerStats(name, _layer_type(m), tuple(m.weight.shape),
                                m.weight.numel(), w.bits, a.bits, a.signed,
                                [float(s) for s in w.step.flatten()], float(a.step),
                                weight_signed=w.signed, groups=getattr(m, "groups", 1),
-                               cluster_fraction=cluster, clipped_fraction=clipped))
+                               cluster_fraction=cluster, clipped_fraction=clipped,
+                               output_bits=o.bits if o else None, output_step=float(o.step) if o else None))
     return rows
 
 
@@ -119,7 +124,7 @@ def model_totals(model: nn.Module) -> dict[str, float]:
                      for p in q.parameters()}
     other = sum(p.numel() for p in model.parameters()
                 if id(p) not in quantized_ids and id(p) not in quantizer_ids)
-    steps = sum(len(r.weight_step) + 1 for r in rows)
+    steps = sum(len(r.weight_step) + 1 + (r.output_bits is not None) for r in rows)
     qparams = sum(r.params for r in rows)
     float_bytes = (qparams + other) * FLOAT_BITS // 8
     packed = sum(r.packed_bytes for r in rows) + (other + steps) * FLOAT_BITS // 8

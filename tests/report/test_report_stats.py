@@ -143,3 +143,24 @@ def test_count_macs_on_uncalibrated_quantized_model_leaves_it_unchanged():
     assert count_macs(model, INPUT) == KNOWN_MACS  # quantizers never called: no calibration needed
     assert [type(m) for m in model.modules()] == types_before and model.training
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_output_quantizers_are_reported_and_counted():
+    """``--output-bits``: a layer's output quantizer is listed with its bits and step, and its
+    step is one more float in the packed size."""
+    from srqcli.export.demo import quantize_untrained
+    from srqcli.models import build_model
+    from srqcli.report.render import layer_cells
+
+    torch.manual_seed(0)
+    plain = quantize_untrained(build_model("resnet20", 10, 1), (4, 1, 16, 16), weight_bits=3, act_bits=3)
+    torch.manual_seed(0)
+    model = quantize_untrained(build_model("resnet20", 10, 1), (4, 1, 16, 16), weight_bits=3, act_bits=3,
+                               output_bits=8)
+    rows = {r.name: r for r in build_report(model).layers}
+    assert rows["layer1.0.conv2"].output_bits == 8
+    assert rows["layer1.0.conv2"].output_step == float(model.layer1[0].conv2.output_quant.alpha)
+    assert rows["layer1.0.conv1"].output_bits is None and rows["fc"].output_step is None
+    assert sum(r.output_bits is not None for r in rows.values()) == 12
+    assert "output 8" in layer_cells(rows["conv1"])[6]
+    assert model_totals(model)["packed_bytes"] == model_totals(plain)["packed_bytes"] + 12 * 4
