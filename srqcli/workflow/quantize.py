@@ -151,6 +151,10 @@ class Job:
                 self.console.print(f"[dim]quantizers calibrated on the batches of all "
                                    f"{distributed.world_size()} processes: identical on every "
                                    f"process (sha256 {digest})[/]")
+            if q.output_bits is not None:
+                sites = [lb.name for lb in plan if lb.output_bits is not None]
+                self.console.print(f"[dim]output quantizers ({q.output_bits} bits) on {len(sites)} layers whose "
+                                   f"output no quantizer reads{': ' + ', '.join(sites) if sites else ''}[/]")
             return model, plan
         if state is not None:
             plan = [LayerBits(**p) for p in state["plan"]]

@@ -29,8 +29,9 @@ def test_output_bits_run_exports_every_conv_as_an_integer_kernel(tmp_path):
                       "[train]\nepochs = 1\nfused = false\n")
     run = tmp_path / "run"
     res = runner.invoke(app, ["quantize", "resnet20", "--recipe", str(recipe), "--data", "example",
-                              "--bits", "4", "--output-bits", "8", "--out", str(run), "--quiet"])
+                              "--bits", "4", "--output-bits", "8", "--out", str(run)])
     assert res.exit_code == 0, res.output
+    assert "output quantizers (8 bits) on 12 layers whose output no quantizer reads: conv1, " in res.output
     plan = json.loads((run / "metrics.json").read_text())["plan"]
     assert sum(p["output_bits"] == 8 for p in plan) == 12  # stem, 9 residual branches, 2 shortcuts
 
