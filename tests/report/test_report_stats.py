@@ -159,7 +159,7 @@ def test_output_quantizers_are_reported_and_counted():
                                output_bits=8)
     rows = {r.name: r for r in build_report(model).layers}
     assert rows["layer1.0.conv2"].output_bits == 8
-    assert rows["layer1.0.conv2"].output_step == float(model.layer1[0].conv2.output_quant.alpha)
+    assert rows["layer1.0.conv2"].output_step == float(model.layer1[0].conv2.output_quant.alpha.detach())
     assert rows["layer1.0.conv1"].output_bits is None and rows["fc"].output_step is None
     assert sum(r.output_bits is not None for r in rows.values()) == 12
     assert "output 8" in layer_cells(rows["conv1"])[6]
