@@ -195,7 +195,7 @@ class _Builder:
             fl = self.frozen.layers.get(str(node.target)) if node.op == "call_module" else None
             if fl is None or fl.deploy_bias is None:
                 continue
-            if not (self.output_quantized(node) or fl.output or fl.name in self.requant):
+            if not self.ends_quantized(node, fl):
                 continue
             lo, hi = ranges.get(node, (fl.act.grid.kmin, fl.act.grid.kmax))
             plans[node] = plan_code_scaling(fl.deploy_codes.numpy(), fl.scale.numpy(), fl.deploy_bias.numpy(),
@@ -335,6 +335,11 @@ class _Builder:
                 return users[0] in self.placements
         return False
 
+    def ends_quantized(self, node: fx.Node, fl: FrozenLayer) -> bool:
+        """Whether the layer's output gets a ``Q`` (so onnxruntime fuses it): the next layer's
+        moved input quantizer, the model's own output quantizer, or an opt-in ``--requant``."""
+        return self.output_quantized(node) or fl.output is not None or fl.name in self.requant
+
     def quant_layer(self, node: fx.Node, fl: FrozenLayer) -> str:
         x = self.quantized_input.get(node)
         scaling = self.scaling.get(node)
@@ -346,15 +351,16 @@ class _Builder:
             self.stats.quantized_outputs.append(fl.name)
         (self.stats.fused_candidates if fused or fl.output else self.stats.float_output_layers).append(fl.name)
         requant = not fused and not fl.output and fl.name in self.requant
+        quantized_out = self.ends_quantized(node, fl)
         # a float-output Gemm still fuses (QGemm), a float-output conv does not
-        w = self.weight(fl, scaling, as_float=self.float_unfused and fl.kind == "conv" and not (fused or requant or fl.output))
+        w = self.weight(fl, scaling, as_float=self.float_unfused and fl.kind == "conv" and not quantized_out)
         # The bias goes into a separate Add where no integer kernel will use it. qdq: a
         # float-output Gemm fuses into QGemm only without a bias input. packed: onnxruntime's
         # basic level would round a DQ → Conv's bias to int32 although nothing fuses (W3A3
         # ResNet-20: 96.4% top-1 agreement with PyTorch instead of 100%); a packed Gemm keeps
         # its bias, without which onnxruntime fuses INT2 weights into a QGemm it then refuses
         # (the logits' rounded bias is at most half an output step off and goes no further).
-        separate = fl.deploy_bias is not None and not fused and not requant and not fl.output and \
+        separate = fl.deploy_bias is not None and not quantized_out and \
             fl.kind == ("conv" if self.layout == "packed" else "linear")
         b = self.bias(fl, spatial=separate and fl.kind == "conv")
         inputs = [x, w] + ([b] if b and not separate else [])

@@ -250,7 +250,7 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, calib_batches: Iterable[T
     if share is not None:
         calib.share(share)
     plan = plan_bits(calib.order, cfg)
-    if traced is not None and cfg.output_bits is not None:
+    if traced is not None:
         plan = with_output_sites(plan, float_output_sites(traced, [lb.name for lb in plan]), cfg.output_bits)
     attach_quantizers(model, plan, cfg)
     modules = dict(model.named_modules())
