@@ -165,7 +165,7 @@ def float_start(cfg: dict[str, Any], model: str, console: Console) -> Path:
     seed_everything(0)
     with Reporter(console) as rep:
         job = Job(r, CACHE, console, rep)
-        net = build_float_model(r, job.data, None)
+        net = build_float_model(r, job.data, None).to(job.device)
         job.fit(net, epochs, lr, "float pretrain")
         save_model(path, net, job.info([]))
     return path

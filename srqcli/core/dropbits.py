@@ -48,13 +48,24 @@ class DropBitsSample:
     survivors: Tensor | None = None
 
 
+def _uniform(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None,
+             device: torch.device) -> Tensor:
+    """U(0, 1) draws on ``device`` from ``generator`` wherever that generator lives.
+
+    The run's generator is a CPU one (seeded from the recipe), so the drops are the same
+    stream on every device; the draws (weight-sized) are moved to the GPU.
+    """
+    where = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=where).to(device)
+
+
 def sample_dropped_bits(shape: torch.Size, bits: int, p: float,
                         generator: torch.Generator | None, device: torch.device) -> Tensor:
     """Per-element number of dropped bits ``d`` with ``P(d ≥ j) = p^j``, ``d ≤ bits − 2``."""
     max_drop = bits - 2
     if max_drop <= 0 or p <= 0.0:
         return torch.zeros(shape, device=device)
-    u = torch.rand(shape, generator=generator, device=device)
+    u = _uniform(shape, generator, device)
     # d = #{j ≥ 1 : u < p^j} = floor(log u / log p)
     d = torch.floor(torch.log(u.clamp_min(1e-30)) / math.log(p)) if p < 1.0 else \
         torch.full(shape, float(max_drop), device=device)
@@ -108,7 +119,7 @@ def sample_mask(x_over_alpha: Tensor, grid: IntGrid, p: float,
     offsets = torch.arange(-reach, reach + 1, device=m0.device, dtype=m0.dtype)
     codes = m0.unsqueeze(-1) + offsets
     in_grid = (codes >= grid.kmin) & (codes <= grid.kmax)
-    u = torch.rand(codes.shape, generator=generator, device=m0.device)
+    u = _uniform(codes.shape, generator, m0.device)
     survivors = in_grid & (u >= mask_probability(codes, grid.bits, p))
     # If nothing survives within reach (only possible at ≥ 5 bits, probability ≤ p^(2R+1)),
     # keep m0.

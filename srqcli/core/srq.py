@@ -117,15 +117,15 @@ def _edge_sums(x: Tensor, alpha: Tensor, sigma: Tensor, m: Tensor,
     return s, s_x, s_sigma, s_alpha, pi_m, p_x, p_sigma, p_alpha
 
 
-def srq_backward_math(grad: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor,
+def srq_backward_math(grad: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor, m: Tensor,
                       kmin: Tensor | int, kmax: Tensor | int, w: int,
                       pi_mode: str) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of the windowed surrogate w.r.t. ``x``, ``α`` and ``σ``.
+    """Gradients of the windowed surrogate w.r.t. ``x``, ``α`` and ``σ`` at the codes ``m``.
 
     Elementwise math followed by the reductions to the shapes of ``α`` and ``σ``, written so
-    that ``torch.compile`` fuses all of it into one pass over ``x``.
+    that ``torch.compile`` fuses all of it into one pass over ``x``. ``m`` comes in from
+    :func:`srq_forward_codes` (see :class:`_SRQFunction` for why it is not recomputed here).
     """
-    m = srq_forward_codes(x, alpha, kmin, kmax)
     s, s_x, s_sigma, s_alpha, pi_m, p_x, p_sigma, p_alpha = _edge_sums(
         x, alpha, sigma, m, kmin, kmax, w)
     pi_m = torch.clamp(pi_m, min=_PI_FLOOR)
@@ -143,10 +143,6 @@ def srq_backward_math(grad: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor,
         d_alpha = centre + rest + scale * (s_alpha - rest * p_alpha)
     return (grad * d_x, (grad * d_alpha).sum_to_size(alpha.shape),
             (grad * d_sigma).sum_to_size(sigma.shape))
-
-
-def _forward_math(x: Tensor, alpha: Tensor, kmin: Tensor | int, kmax: Tensor | int) -> Tensor:
-    return srq_forward_codes(x, alpha, kmin, kmax) * alpha
 
 
 _compiled: dict[str, Callable[..., Any]] = {}
@@ -187,6 +183,16 @@ def _run(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 class _SRQFunction(torch.autograd.Function):
+    """Forward ``α·codes``, backward the fused edge sums.
+
+    The codes ``clamp(round(x/α))`` are always computed by eager torch, never inside a
+    compiled kernel: Triton lowers float32 ``/`` to ``div.full.f32`` (up to 2 ulp), so a
+    compiled ``round(x/α)`` rounds ties and near-ties differently from eager torch and from
+    onnxruntime's ``QuantizeLinear``. Measured on an H100 (torch 2.11, Triton 3.6): the
+    compiled forward missed round-and-clip at 3, 4 and 8 bits (tests/core/test_srq_cuda.py).
+    The backward gets the same eager codes, so its window sits on the forward's mode.
+    """
+
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor, sigma: Tensor, kmin: Tensor | int,
                 kmax: Tensor | int, window: int, pi_mode: str) -> Tensor:
@@ -196,14 +202,15 @@ class _SRQFunction(torch.autograd.Function):
         ctx.kmax_t = isinstance(kmax, Tensor)
         ctx.kmin, ctx.kmax = (None if ctx.kmin_t else kmin), (None if ctx.kmax_t else kmax)
         ctx.window, ctx.pi_mode = window, pi_mode
-        return _run(_forward_math, x, alpha, kmin, kmax)
+        return srq_forward_codes(x, alpha, kmin, kmax).mul_(alpha)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, alpha, sigma, *bounds = ctx.saved_tensors
         kmin = bounds.pop(0) if ctx.kmin_t else ctx.kmin
         kmax = bounds.pop(0) if ctx.kmax_t else ctx.kmax
-        g_x, g_alpha, g_sigma = _run(srq_backward_math, grad.contiguous(), x, alpha, sigma,
+        m = srq_forward_codes(x, alpha, kmin, kmax)
+        g_x, g_alpha, g_sigma = _run(srq_backward_math, grad.contiguous(), x, alpha, sigma, m,
                                      kmin, kmax, ctx.window, ctx.pi_mode)
         return g_x, g_alpha, g_sigma, None, None, None, None
 

@@ -76,10 +76,10 @@ def mse_optimal_step(x: Tensor, grid: IntGrid, channel_axis: int | None = None,
     # Coarse pass over (0, top], then fine passes around the 4 best coarse candidates: the MSE
     # is jagged in α at 8 bits (±3% between neighbouring coarse steps), so the best coarse
     # point is not always in the best valley.
-    coarse = top * torch.linspace(0.01, 1.0, candidates)
+    coarse = top * torch.linspace(0.01, 1.0, candidates, device=x.device)
     coarse_err = errors(coarse)
     width = top / candidates
-    offsets = torch.linspace(-1.0, 1.0, 25)
+    offsets = torch.linspace(-1.0, 1.0, 25, device=x.device)
     seeds = coarse.gather(1, coarse_err.topk(min(4, candidates), dim=1, largest=False).indices)
     fine = (seeds.unsqueeze(-1) + width.unsqueeze(-1) * offsets).flatten(1).clamp_min(1e-12)
     alphas = torch.cat([coarse, fine], dim=1)
