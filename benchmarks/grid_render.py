@@ -29,7 +29,8 @@ def mean_sd(values: list[float]) -> str:
 def env_line(env: dict[str, Any]) -> str:
     return (f"{env['machine']}; Python {env['python']}, torch {env['torch']}, srq {env['srq']} "
             f"(commit {env['git_commit'] or '?'}), {env['threads']} threads"
-            + (f", GPU {env['cuda']}" if env.get("cuda") else ""))
+            + (f", GPU {env['cuda']}" if env.get("cuda") else "")
+            + (f". {env['note']}" if env.get("note") else ""))  # e.g. code not yet committed
 
 
 def command_for(config: Path) -> str:

@@ -40,10 +40,11 @@ def latency(paths: dict[str, str | os.PathLike], shape: tuple[int, ...], *, thre
             warmup: int = 3, rounds: int = 30, seed: int = 0) -> dict[str, list[float]]:
     """Seconds per ``session.run`` of each model in each round, measured side by side.
 
-    All sessions (default optimisation level, ``threads`` intra-op threads, spinning on) are
+    All sessions (default optimisation level, ``threads`` intra-op threads, spinning within a
+    run only: :func:`srqcli.export.verify.ort_session`) are
     loaded first; each round then runs every model once, in turn (A B C … A B C …), so load
     from other processes on a shared machine hits all of them alike and their ratios stay
-    comparable even when absolute times drift (../shared/benchmarks.md).
+    comparable even when absolute times drift (docs/benchmark-protocol.md).
     """
     sessions = {name: ort_session(path, "default", threads=threads, spinning=True)
                 for name, path in paths.items()}
