@@ -194,3 +194,29 @@ def test_recipe_search_table_is_read_and_checked(tmp_path, float_ckpt):
     _fails_cleanly(["search-bits", "lenet5", "--data", "example", "-c", float_ckpt, "--recipe",
                     str(recipe), "--budget", "avg-bits=3", "--out", str(out), "--quiet"], out,
                    "unknown recipe key 'search.gate_speed'")
+
+
+@pytest.mark.slow
+def test_output_bits_flag_is_kept_by_the_search_and_checked_by_the_fine_tune(tmp_path):
+    """``--output-bits 8`` quantizes a ResNet's residual outputs during the search too; the
+    searched file records them, and fine-tuning from it needs the same flag."""
+    from srqcli.io.quantized import read_model_info
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text('version = 1\n[model]\narch = "resnet20"\npretrain_epochs = 1\n'
+                      "[data]\nbatch_size = 64\ncalib_batches = 1\ntrain_limit = 256\nval_limit = 64\n"
+                      "[train]\nepochs = 1\nfused = false\n")
+    out = tmp_path / "search"
+    res = runner.invoke(app, ["search-bits", "resnet20", "--recipe", str(recipe), "--data", "example",
+                              "--budget", "avg-bits=3.0", "--output-bits", "8", "--out", str(out),
+                              "--quiet"])
+    assert res.exit_code == 0, res.output
+    plan = read_model_info(out / "searched.safetensors").plan
+    assert sum(p.output_bits == 8 for p in plan) == 12  # stem, 9 residual branches, 2 shortcuts
+    common = ["quantize", "resnet20", "--recipe", str(recipe), "--data", "example",
+              "-c", str(out / "searched.safetensors"), "--bit-config", str(out / "bits.toml"),
+              "--epochs", "0", "--quiet"]
+    res = runner.invoke(app, [*common, "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "was quantized with --output-bits 8" in res.output
+    res = runner.invoke(app, [*common, "--output-bits", "8", "--out", str(tmp_path / "ft")])
+    assert res.exit_code == 0, res.output
