@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from srqcli.core import dropbits as db
 from srqcli.core.grid import IntGrid
-from srqcli.core.srq import srq_forward_codes, srq_quantize
+from srqcli.core.srq import default_window, srq_forward_codes, srq_quantize
 
 SIGMA_MIN_RATIO = 0.05
 SIGMA_MAX_RATIO = 0.5
@@ -137,7 +137,13 @@ class Quantizer(nn.Module):
 
     @property
     def grid(self) -> IntGrid:
-        return IntGrid(self.bits, bool(self.signed_flag))
+        """The integer grid; ``signed_flag`` is read again only after it changed in place (see
+        :meth:`check_ready` for why)."""
+        key = (self.bits, self.signed_flag._version)
+        cached = getattr(self, "_grid_cache", None)
+        if cached is None or cached[0] != key:
+            self._grid_cache = (key, IntGrid(self.bits, bool(self.signed_flag)))
+        return self._grid_cache[1]
 
     @property
     def alpha(self) -> Tensor:
@@ -178,8 +184,18 @@ class Quantizer(nn.Module):
         self.log_alpha.clamp_(-LOG_ALPHA_BOUND, LOG_ALPHA_BOUND)
 
     def check_ready(self) -> None:
+        """Refuse to quantize before calibration.
+
+        The ``initialized`` buffer is read again only after it changed in place (its version
+        counter: calibration, loading a state): on a GPU, reading a value into Python makes the
+        host wait for every queued kernel, and this runs on every forward.
+        """
+        version = self.initialized._version
+        if getattr(self, "_ready_version", None) == version:
+            return
         if not bool(self.initialized):
             raise RuntimeError("quantizer used before calibration: call calibrate() first")
+        self._ready_version = version
 
     def encoding(self) -> QuantEncoding:
         """The frozen encoding (bits, signedness, step) for export and reports."""
@@ -230,6 +246,30 @@ class SRQQuantizer(Quantizer):
         super().project_()
         self.log_sigma.copy_(self.sigma.log())
 
+    def _versions(self) -> tuple[int, int]:
+        return self.log_alpha._version, self.log_sigma._version
+
+    def sigma_ratio_max(self) -> float:
+        """``max σ/α``, which sets the edge window (and DropBits' mask reach).
+
+        Cached against the in-place versions of ``log α`` and ``log σ``, so it is read again
+        only after they change: reading it from a GPU makes the host wait for every queued
+        kernel. :func:`refresh_sigma_ratios_` refreshes all quantizers of a model with one
+        read after each optimizer step; anything else that changes them (loading, a manual
+        step) is caught by the version check.
+        """
+        cached = getattr(self, "_ratio_cache", None)
+        if cached is None or cached[0] != self._versions():
+            self._ratio_cache = (self._versions(), float((self.sigma / self.alpha).detach().max()))
+        return self._ratio_cache[1]
+
+    def edge_window(self, scale: float = 1.0) -> int:
+        """The edge-window half-width: ``window`` if set, else picked from ``max σ/α`` for a
+        grid of step ``scale·α`` (:func:`srqcli.core.srq.default_window`)."""
+        if self.window is not None:
+            return self.window
+        return default_window(self.sigma_ratio_max() / scale)
+
     def configure_dropbits(self, variant: str | None, rate: float,
                            generator: torch.Generator | None) -> None:
         """Enable DropBits (weights only) with a variant from :data:`dropbits.VARIANTS`."""
@@ -247,24 +287,36 @@ class SRQQuantizer(Quantizer):
         alpha, sigma = self.alpha.float(), self.sigma.float()
         if self.training and self.drop_variant and self.drop_rate > 0 and grid.bits > 2:
             return self._forward_dropbits(x, alpha, sigma, grid).to(dtype)
-        return srq_quantize(x, alpha, sigma, grid.kmin, grid.kmax, window=self.window,
+        return srq_quantize(x, alpha, sigma, grid.kmin, grid.kmax, window=self.edge_window(),
                             pi_mode=self.pi_mode).to(dtype)
 
     def _forward_dropbits(self, x: Tensor, alpha: Tensor, sigma: Tensor, grid: IntGrid) -> Tensor:
         gen, dev = self.generator, x.device
         if self.drop_variant == "mask":
-            reach = db.mask_reach(float((sigma / alpha).detach().max()))
+            reach = db.mask_reach(self.sigma_ratio_max())
             sample = db.sample_mask((x / alpha).detach(), grid, self.drop_rate, gen, reach)
             return db.masked_grid_quantize(x, alpha, sigma, grid, sample.survivors, self.pi_mode)
         sampler = db.sample_top if self.drop_variant == "top" else db.sample_lsb
         sample = sampler(x.shape, grid, self.drop_rate, gen, dev)
         if sample.factor is None:
-            return srq_quantize(x, alpha, sigma, sample.kmin, sample.kmax, window=self.window,
+            return srq_quantize(x, alpha, sigma, sample.kmin, sample.kmax, window=self.edge_window(),
                                 pi_mode=self.pi_mode)
         # LSB drop: SRQ on the grid with step 2^d·α (σ unchanged); α's gradient flows through
-        # the product, so it picks up the factor 2^d by the chain rule.
-        return srq_quantize(x, alpha * sample.factor, sigma, sample.kmin, sample.kmax, window=self.window, pi_mode=self.pi_mode)
+        # the product, so it picks up the factor 2^d by the chain rule. Where d = 0 the ratio
+        # is σ/α, so the window is the undropped one.
+        return srq_quantize(x, alpha * sample.factor, sigma, sample.kmin, sample.kmax,
+                            window=self.edge_window(), pi_mode=self.pi_mode)
 
     def extra_repr(self) -> str:
         kind = "per-channel" if self.log_alpha.dim() else "per-tensor"
         return f"bits={self.bits}, signed={bool(self.signed_flag)}, {kind}, pi_mode={self.pi_mode}"
+
+
+def refresh_sigma_ratios_(quantizers: list[SRQQuantizer]) -> None:
+    """Refresh every quantizer's cached ``max σ/α`` with one host read (one GPU sync) in all."""
+    if not quantizers:
+        return
+    with torch.no_grad():
+        ratios = torch.stack([(q.sigma / q.alpha).max().float() for q in quantizers]).tolist()
+    for q, ratio in zip(quantizers, ratios):
+        q._ratio_cache = (q._versions(), ratio)

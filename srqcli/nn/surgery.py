@@ -31,7 +31,7 @@ from srqcli.methods.registry import make_quantizer
 from srqcli.nn.graph import TracedModel, float_output_sites, trace
 from srqcli.nn.layers import QUANT_LAYERS, QuantConv2d, QuantLinear, is_quant_layer
 from srqcli.nn.output_quant import attach_output_quantizers
-from srqcli.nn.quantizer import Quantizer
+from srqcli.nn.quantizer import Quantizer, SRQQuantizer, refresh_sigma_ratios_
 
 #: Activation values kept per layer and batch for the step search (a uniform subsample).
 _SAMPLES_PER_BATCH = 1 << 16
@@ -289,7 +289,9 @@ def quantizer_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def project_quantizers_(model: nn.Module) -> None:
-    """Apply each quantizer's parameter constraints after an optimizer step."""
+    """Apply each quantizer's parameter constraints after an optimizer step, then refresh the
+    SRQ quantizers' ``max σ/α`` in one read, so the next step's forwards never wait on the GPU."""
     for m in model.modules():
         if isinstance(m, Quantizer):
             m.project_()
+    refresh_sigma_ratios_([m for m in model.modules() if isinstance(m, SRQQuantizer)])

@@ -148,11 +148,10 @@ class GatedSRQQuantizer(SRQQuantizer):
         sigma = self.sigma.to(x.dtype) if sigma is None else sigma
         f, kmin, kmax = self.level_grid(bits)
         a = alpha * f if f != 1.0 else alpha
-        return srq_quantize(x, a, sigma, kmin, kmax, window=self.window, pi_mode=self.pi_mode)
+        return srq_quantize(x, a, sigma, kmin, kmax, window=self.edge_window(f), pi_mode=self.pi_mode)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not bool(self.initialized):
-            raise RuntimeError("quantizer used before calibration: call calibrate() first")
+        self.check_ready()
         alpha = self.alpha.to(x.dtype)
         sigma = self.sigma.to(x.dtype)
         z = self.current_gates().to(x.dtype)
