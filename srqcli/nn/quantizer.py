@@ -16,7 +16,9 @@ band so it cannot drift where its gradient is zero.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +30,7 @@ from srqcli.core.srq import default_window, srq_forward_codes, srq_quantize
 SIGMA_MIN_RATIO = 0.05
 SIGMA_MAX_RATIO = 0.5
 LOG_ALPHA_BOUND = 30.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -135,15 +138,23 @@ class Quantizer(nn.Module):
         self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("signed_flag", torch.tensor(bool(signed)))
 
+    def _host_value(self, name: str, key: object, read: Callable[[], T]) -> T:
+        """``read()`` of a value held on the device, read again only when ``key`` changes.
+
+        The keys are the in-place version counters of the tensors read (plus whatever else the
+        value depends on): calibration, loading a state and optimizer steps bump them. On a GPU
+        every read into Python makes the host wait for all queued kernels, and the values
+        below are needed on every forward.
+        """
+        cached = self.__dict__.get(name)
+        if cached is None or cached[0] != key:
+            cached = self.__dict__[name] = (key, read())
+        return cached[1]
+
     @property
     def grid(self) -> IntGrid:
-        """The integer grid; ``signed_flag`` is read again only after it changed in place (see
-        :meth:`check_ready` for why)."""
-        key = (self.bits, self.signed_flag._version)
-        cached = getattr(self, "_grid_cache", None)
-        if cached is None or cached[0] != key:
-            self._grid_cache = (key, IntGrid(self.bits, bool(self.signed_flag)))
-        return self._grid_cache[1]
+        return self._host_value("_grid", (self.bits, self.signed_flag._version),
+                                lambda: IntGrid(self.bits, bool(self.signed_flag)))
 
     @property
     def alpha(self) -> Tensor:
@@ -184,18 +195,9 @@ class Quantizer(nn.Module):
         self.log_alpha.clamp_(-LOG_ALPHA_BOUND, LOG_ALPHA_BOUND)
 
     def check_ready(self) -> None:
-        """Refuse to quantize before calibration.
-
-        The ``initialized`` buffer is read again only after it changed in place (its version
-        counter: calibration, loading a state): on a GPU, reading a value into Python makes the
-        host wait for every queued kernel, and this runs on every forward.
-        """
-        version = self.initialized._version
-        if getattr(self, "_ready_version", None) == version:
-            return
-        if not bool(self.initialized):
+        """Refuse to quantize before calibration."""
+        if not self._host_value("_ready", self.initialized._version, lambda: bool(self.initialized)):
             raise RuntimeError("quantizer used before calibration: call calibrate() first")
-        self._ready_version = version
 
     def encoding(self) -> QuantEncoding:
         """The frozen encoding (bits, signedness, step) for export and reports."""
@@ -252,16 +254,13 @@ class SRQQuantizer(Quantizer):
     def sigma_ratio_max(self) -> float:
         """``max σ/α``, which sets the edge window (and DropBits' mask reach).
 
-        Cached against the in-place versions of ``log α`` and ``log σ``, so it is read again
-        only after they change: reading it from a GPU makes the host wait for every queued
-        kernel. :func:`refresh_sigma_ratios_` refreshes all quantizers of a model with one
-        read after each optimizer step; anything else that changes them (loading, a manual
-        step) is caught by the version check.
+        Read again only after ``log α`` or ``log σ`` changed in place (:meth:`_host_value`).
+        :func:`refresh_sigma_ratios_` refreshes all quantizers of a model with one read after
+        each optimizer step; anything else that changes them (loading, a manual step) is caught
+        by the version check.
         """
-        cached = getattr(self, "_ratio_cache", None)
-        if cached is None or cached[0] != self._versions():
-            self._ratio_cache = (self._versions(), float((self.sigma / self.alpha).detach().max()))
-        return self._ratio_cache[1]
+        return self._host_value("_sigma_ratio", self._versions(),
+                                lambda: float((self.sigma / self.alpha).detach().max()))
 
     def edge_window(self, scale: float = 1.0) -> int:
         """The edge-window half-width: ``window`` if set, else picked from ``max σ/α`` for a
@@ -319,4 +318,4 @@ def refresh_sigma_ratios_(quantizers: list[SRQQuantizer]) -> None:
     with torch.no_grad():
         ratios = torch.stack([(q.sigma / q.alpha).max().float() for q in quantizers]).tolist()
     for q, ratio in zip(quantizers, ratios):
-        q._ratio_cache = (q._versions(), ratio)
+        q.__dict__["_sigma_ratio"] = (q._versions(), ratio)  # what sigma_ratio_max would read
