@@ -93,7 +93,7 @@ class RQQuantizer(SRQQuantizer):
         if not self.training:
             return (srq_forward_codes(x, alpha, grid.kmin, grid.kmax) * alpha).to(dtype)
         sigma = self.sigma.float()
-        w = self.window or local_window(float((sigma / alpha).detach().max()))
+        w = self.window or local_window(self.sigma_ratio_max())
         noise = gumbel_noise(x.shape + (2 * w + 1,), x.device)
         return rq_sample(x, alpha, sigma, grid.kmin, grid.kmax, w, self.temperature,
                          noise).to(dtype)

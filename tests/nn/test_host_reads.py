@@ -2,9 +2,9 @@
 
 On a GPU every read of a tensor's value (``bool(t)``, ``float(t)``, ``.item()``) makes the host
 wait for all queued kernels, so the CPU cannot run ahead and small networks become launch bound.
-The quantizers used to read two values per call (``initialized`` and ``max σ/α``); now the
-forward and backward read none, and the optimizer step's projection reads ``max σ/α`` of all
-SRQ quantizers at once. Counted here on the CPU, where the same reads dispatch to
+The quantizers used to read up to three values per call (``initialized``, the grid's
+signedness and ``max σ/α``); now the forward and backward read none, and the optimizer step's
+projection reads ``max σ/α`` of all SRQ (and RQ) quantizers at once. Counted here on the CPU, where the same reads dispatch to
 ``aten._local_scalar_dense``.
 """
 
@@ -36,16 +36,18 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("dropbits", [None, "lsb", "top", "mask"])
-def test_training_step_reads_back_once_per_projection(dropbits: str | None) -> None:
+@pytest.mark.parametrize("method,dropbits", [("srq", None), ("srq", "lsb"), ("srq", "top"),
+                                             ("srq", "mask"), ("rq", None), ("lsq", None)])
+def test_training_step_reads_back_once_per_projection(method: str, dropbits: str | None) -> None:
     torch.manual_seed(0)
     x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
     model, _ = quantize_model(build_model("lenet5", 10, 1),
-                              QuantConfig(method="srq", weight_bits=3, act_bits=3), [x])
+                              QuantConfig(method=method, weight_bits=3, act_bits=3), [x])
     srq = [m for m in model.modules() if isinstance(m, SRQQuantizer)]
     gen = torch.Generator().manual_seed(0)
     for q in srq:
-        q.configure_dropbits(dropbits, 0.1, gen)
+        if dropbits:
+            q.configure_dropbits(dropbits, 0.1, gen)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
 
