@@ -67,8 +67,12 @@ def default_window(sigma_over_alpha: float) -> int:
 
 
 def srq_forward_codes(x: Tensor, alpha: Tensor, kmin: Tensor | int, kmax: Tensor | int) -> Tensor:
-    """Integer codes (as floats) of the SRQ forward: ``clamp(round(x/α), k_min, k_max)``."""
-    return torch.clamp(torch.round(x / alpha), kmin, kmax)
+    """Integer codes (as floats) of the SRQ forward: ``clamp(round(x/α), k_min, k_max)``.
+
+    In place on the quotient, so the training forward and backward allocate one tensor of
+    ``x``'s size for the codes, not three.
+    """
+    return (x / alpha).round_().clamp_(kmin, kmax)
 
 
 def _edge_sums(x: Tensor, alpha: Tensor, sigma: Tensor, m: Tensor,
