@@ -148,8 +148,13 @@ class Quantizer(nn.Module):
         """
         cached = self.__dict__.get(name)
         if cached is None or cached[0] != key:
-            cached = self.__dict__[name] = (key, read())
+            cached = self._set_host_value(name, key, read())
         return cached[1]
+
+    def _set_host_value(self, name: str, key: object, value: T) -> tuple[object, T]:
+        """Store a value read elsewhere (several quantizers' at once) for :meth:`_host_value`."""
+        self.__dict__[name] = (key, value)
+        return key, value
 
     @property
     def grid(self) -> IntGrid:
@@ -260,7 +265,10 @@ class SRQQuantizer(Quantizer):
         by the version check.
         """
         return self._host_value("_sigma_ratio", self._versions(),
-                                lambda: float((self.sigma / self.alpha).detach().max()))
+                                lambda: float(self._sigma_ratio_on_device()))
+
+    def _sigma_ratio_on_device(self) -> Tensor:
+        return (self.sigma / self.alpha).detach().max().float()
 
     def edge_window(self, scale: float = 1.0) -> int:
         """The edge-window half-width: ``window`` if set, else picked from ``max σ/α`` for a
@@ -315,7 +323,6 @@ def refresh_sigma_ratios_(quantizers: list[SRQQuantizer]) -> None:
     """Refresh every quantizer's cached ``max σ/α`` with one host read (one GPU sync) in all."""
     if not quantizers:
         return
-    with torch.no_grad():
-        ratios = torch.stack([(q.sigma / q.alpha).max().float() for q in quantizers]).tolist()
+    ratios = torch.stack([q._sigma_ratio_on_device() for q in quantizers]).tolist()
     for q, ratio in zip(quantizers, ratios):
-        q.__dict__["_sigma_ratio"] = (q._versions(), ratio)  # what sigma_ratio_max would read
+        q._set_host_value("_sigma_ratio", q._versions(), ratio)

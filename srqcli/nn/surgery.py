@@ -291,7 +291,7 @@ def quantizer_parameters(model: nn.Module) -> list[nn.Parameter]:
 def project_quantizers_(model: nn.Module) -> None:
     """Apply each quantizer's parameter constraints after an optimizer step, then refresh the
     SRQ quantizers' ``max σ/α`` in one read, so the next step's forwards never wait on the GPU."""
-    for m in model.modules():
-        if isinstance(m, Quantizer):
-            m.project_()
-    refresh_sigma_ratios_([m for m in model.modules() if isinstance(m, SRQQuantizer)])
+    quantizers = [m for m in model.modules() if isinstance(m, Quantizer)]
+    for q in quantizers:
+        q.project_()
+    refresh_sigma_ratios_([q for q in quantizers if isinstance(q, SRQQuantizer)])
