@@ -38,3 +38,28 @@ class IntGrid:
     def narrowed(self, drop: int) -> IntGrid:
         """The grid with ``drop`` fewer bits (same signedness)."""
         return IntGrid(self.bits - drop, self.signed)
+
+
+#: Largest ``x·|w|`` (``x`` a uint8 activation code, ``w`` an int8 weight code) for which
+#: onnxruntime's u8s8 kernels on x86 without VNNI (AVX2, AVX-512BW) compute exact integers:
+#: they add pairs of products with ``VPMADDUBSW``, whose int16 result saturates at 32767, so
+#: ``2·x·|w| ≤ 32767``. VNNI and ARM kernels accumulate in int32 and never saturate; a file
+#: that keeps every product under this bound computes the same integers on every CPU.
+PAIR_PRODUCT_MAX = 16383
+
+
+def portable_weight_bits(weight_bits: int, act_bits: int) -> int:
+    """The widest signed weight grid, at most ``weight_bits`` wide, whose codes times any
+    ``act_bits``-bit input code keep within :data:`PAIR_PRODUCT_MAX`.
+
+    Export stores a ``b``-bit input code in a uint8 container as ``0 … 2^b − 1`` (signed grids
+    with zero point ``2^(b−1)``), so the largest product is ``(2^b − 1)·2^(w−1)``. Only 8-bit
+    weights with 8-bit inputs break it (``255·128``); they train on the 7-bit grid instead
+    (``255·64 = 16320``), the weight-side ``reduce_range`` that onnxruntime's own quantizer
+    recommends for such CPUs (docs/method-decisions.md, "Portable integer layers").
+    """
+    x_max = 2**act_bits - 1
+    bits = weight_bits
+    while bits > MIN_BITS and x_max * 2 ** (bits - 1) > PAIR_PRODUCT_MAX:
+        bits -= 1
+    return bits

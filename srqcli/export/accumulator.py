@@ -21,9 +21,10 @@ allowed multipliers we pick, per channel, the one whose grid lies closest to the
 (simultaneous approximation does much better than the largest multiplier alone).
 
 Limits: the scaled codes must fit int8 (weights) and uint8 (activations), and every product
-must satisfy ``x·|w| ≤ 16383``: onnxruntime's u8s8 kernels for AVX2 and AVX-512 without VNNI
-add pairs of products with ``VPMADDUBSW``, which saturates at int16. Signed activations (zero
-point 128) are not shifted: a shift would move the zero point too.
+must satisfy ``x·|w| ≤`` :data:`~srqcli.core.grid.PAIR_PRODUCT_MAX`: onnxruntime's u8s8 kernels
+for AVX2 and AVX-512 without VNNI add pairs of products with ``VPMADDUBSW``, which saturates at
+int16. Signed activations (zero point ``2^(b−1)``) are not shifted: a shift would move the zero
+point too.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from srqcli.core.grid import PAIR_PRODUCT_MAX
+
 INT8_MAX = 127
 INT8_MIN = -128
 UINT8_MAX = 255
-#: largest ``x·|w|`` for which ``VPMADDUBSW``'s int16 sum of two products cannot saturate
-PAIR_PRODUCT_MAX = 16383
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def plan_code_scaling(codes: np.ndarray, weight_scale: np.ndarray, bias: np.ndar
         bias: float32 per-channel bias (BatchNorm folded in).
         act_step: step of the layer's input codes.
         code_hi: largest input code (after ``Clip``), zero point excluded.
-        zero_point: uint8 zero point of the input codes (0 or 128).
+        zero_point: uint8 zero point of the input codes (0, or ``2^(b−1)`` for a signed grid).
     """
     shifts = [0]
     if zero_point == 0:

@@ -5,7 +5,7 @@ Two layouts:
 ``qdq`` (default): weights are integer codes in int8 containers followed by
 ``DequantizeLinear`` (per output channel, axis 0, when a BatchNorm is folded in or the weight
 steps are per channel); each quantized layer's input is ``QuantizeLinear → DequantizeLinear``
-in uint8 (zero point 128 for signed grids) with, when the layer's grid is narrower than the
+in uint8 (zero point ``2^(b−1)`` for signed ``b``-bit grids) with, when the layer's grid is narrower than the
 container, a ``Clip`` of the integer codes to the b-bit range in between. Where the value a
 layer quantizes is produced by a convolution or linear layer through ops that commute with
 quantization (ReLU, ReLU6/Hardtanh as clip bounds, max-pooling, flatten, dropout), the
@@ -148,13 +148,17 @@ def plan_placements(traced: TracedModel, frozen: FrozenModel) -> tuple[dict[fx.N
 # --------------------------------------------------------------------------------------------
 
 def _zero_point(lo: int) -> int:
-    """uint8 zero point for codes ``≥ lo``: 0 for non-negative grids, 128 for signed ones.
+    """uint8 zero point for codes ``≥ lo``: 0 for non-negative codes, ``−lo`` for signed ones.
 
     Activations always use uint8 containers: onnxruntime's x86 integer kernels want uint8
     activations, and its own int8 → uint8 rewrite only applies to a bare ``Q → DQ`` pair, not
     to ``Q → Clip → DQ`` (int8 activations left 18 of MobileNet-V2's 52 convs unfused).
+    Zero point ``−lo`` (``2^(b−1)`` for a ``b``-bit signed grid) stores the codes as
+    ``0 … 2^b − 1``, the smallest stored values, so a layer's products stay within the
+    x86 pair bound (:func:`srqcli.core.grid.portable_weight_bits`); zero point 128 would
+    make a 4-bit signed code up to 135, which times an 8-bit weight code breaks it.
     """
-    return 0 if lo >= 0 else 128
+    return max(0, -lo)
 
 
 @dataclass
@@ -189,7 +193,6 @@ class _Builder:
     def plan_scaling(self) -> dict[fx.Node, CodeScaling]:
         """Code scaling (:mod:`srqcli.export.accumulator`) of every layer onnxruntime will fuse
         with a bias: those are the layers whose bias it rounds to int32."""
-        ranges = {pl.consumer: (pl.lo, pl.hi) for pl in self.placements.values()}
         plans = {}
         for node in self.traced.gm.graph.nodes:
             fl = self.frozen.layers.get(str(node.target)) if node.op == "call_module" else None
@@ -197,7 +200,7 @@ class _Builder:
                 continue
             if not self.ends_quantized(node, fl):
                 continue
-            lo, hi = ranges.get(node, (fl.act.grid.kmin, fl.act.grid.kmax))
+            lo, hi = self.input_code_range(node, fl)
             plans[node] = plan_code_scaling(fl.deploy_codes.numpy(), fl.scale.numpy(), fl.deploy_bias.numpy(),
                                             fl.act.step, hi, _zero_point(lo))
         return plans
@@ -240,7 +243,7 @@ class _Builder:
                      clip: bool = True, shift: int = 0) -> str:
         """Quantize ``x`` to codes ``lo…hi`` of step ``enc.step``; returns the DQ output.
 
-        ``Q`` (uint8 container, zero point 0 or 128, saturating) then, when ``lo…hi`` is
+        ``Q`` (uint8 container, zero point 0 or ``−lo``, saturating) then, when ``lo…hi`` is
         narrower than the container, a ``Clip`` of the integer codes, then ``DQ``: exactly
         ``α·clamp(round(x/α), lo, hi)``. Clipping the uint8/int8 codes keeps onnxruntime's
         fusion of a producing ``Conv → Q`` and a consuming ``DQ → Conv`` (a float ``Clip``
@@ -339,6 +342,11 @@ class _Builder:
         """Whether the layer's output gets a ``Q`` (so onnxruntime fuses it): the next layer's
         moved input quantizer, the model's own output quantizer, or an opt-in ``--requant``."""
         return self.output_quantized(node) or fl.output is not None or fl.name in self.requant
+
+    def input_code_range(self, node: fx.Node, fl: FrozenLayer) -> tuple[int, int]:
+        """The layer's input codes ``lo…hi`` as the graph clips them."""
+        pl = next((p for p in self.placements.values() if p.consumer is node), None)
+        return (pl.lo, pl.hi) if pl is not None else (fl.act.grid.kmin, fl.act.grid.kmax)
 
     def quant_layer(self, node: fx.Node, fl: FrozenLayer) -> str:
         x = self.quantized_input.get(node)
@@ -623,8 +631,9 @@ class _Builder:
         x = self.quantize_act(y, pl.encoding, pl.lo, pl.hi, base, shift=0 if moves else shift)
         for c in moves:  # relu/clip/noop are absorbed into the code range
             x = self.transparent(c, classify(c, self.traced), x, f"{base}.{c.name}")
-        if moves:  # data movement on grid values: re-quantize (exact) so the layer sees DQ
-            x = self.quantize_act(x, pl.encoding, pl.lo, pl.hi, f"{base}.re", clip=False, shift=shift)
+        if moves:  # data movement on grid values: re-quantize (exact) so the layer sees DQ;
+            # the Clip changes no value but bounds the stored codes visibly (.pair_bound)
+            x = self.quantize_act(x, pl.encoding, pl.lo, pl.hi, f"{base}.re", shift=shift)
         self.quantized_input[pl.consumer] = x
 
 

@@ -281,6 +281,7 @@ def export_onnx(model: nn.Module, info: ModelInfo | None, out: str | os.PathLike
     """
     import onnx
 
+    from srqcli.export.pair_bound import pair_bound_violations
     from srqcli.export.to_onnx import build_onnx, check_opset, output_layer, output_step
     from srqcli.export.verify import random_batches, verify_onnx
 
@@ -311,6 +312,10 @@ def export_onnx(model: nn.Module, info: ModelInfo | None, out: str | os.PathLike
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # onnx.checker.ValidationError, shape inference errors
         raise SrqError(f"the exported graph fails onnx.checker ({short_reason(exc)}); please report this") from exc
+    violations = pair_bound_violations(proto)
+    if violations:  # only models quantized before srq made 8-bit-input layers' weights 7-bit
+        raise SrqError(f"cannot export, nothing written: {violations[0].describe()}; quantize the float "
+                       "model again with this srq, which trains such layers with 7-bit weights")
     report = None
     with atomic_path(out) as tmp:
         onnx.save(proto, str(tmp))

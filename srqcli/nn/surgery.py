@@ -6,6 +6,8 @@ every Conv2d (grouped and depthwise included) and Linear gets a weight quantizer
 input-activation quantizer; the network input uses ``input_bits`` (8); ``skip`` patterns leave
 layers float; ``first_last_bits`` keeps the first and last layer (execution order) at a given
 width (the LSQ protocol); ``layers`` patterns set per-layer bits (later patterns win).
+A layer whose weights and input are both 8 bits gets 7-bit weights, so that its exported
+integer kernel computes the same on every CPU (:func:`srqcli.core.grid.portable_weight_bits`).
 With ``output_bits``, layers whose output no quantizer reads also get an output quantizer
 (:mod:`srqcli.nn.output_quant`).
 
@@ -26,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from srqcli.config import QuantConfig
+from srqcli.core.grid import portable_weight_bits
 from srqcli.errors import SrqError
 from srqcli.methods.registry import make_quantizer
 from srqcli.nn.graph import TracedModel, float_output_sites, trace
@@ -87,7 +90,7 @@ def plan_bits(names_in_order: list[str], cfg: QuantConfig) -> list[LayerBits]:
                 ab = bits.get("act_bits", ab)
         if i == 0:
             ab = cfg.input_bits if name == names_in_order[0] else ab
-        plan.append(LayerBits(name, wb, ab))
+        plan.append(LayerBits(name, portable_weight_bits(wb, ab), ab))
     return plan
 
 

@@ -32,7 +32,7 @@ CASES = {
     "lenet-mixed-2..8-bits": dict(arch="lenet5", per_channel=True, weight_bits=3, act_bits=3,
                                   layers={"conv1": {"weight_bits": 2}, "conv2": {"weight_bits": 5},
                                           "fc1": {"weight_bits": 6}, "fc2": {"weight_bits": 7},
-                                          "fc3": {"weight_bits": 8, "act_bits": 8}}),
+                                          "fc3": {"weight_bits": 8, "act_bits": 7}}),
     "resnet20-w2a2-per-channel": dict(arch="resnet20", in_channels=3, image_size=16, weight_bits=2,
                                       act_bits=2, per_channel=True),
     "resnet20-w3a3-output-8-bits": dict(arch="resnet20", in_channels=3, image_size=16, weight_bits=3,
@@ -70,7 +70,7 @@ def test_metadata_and_size(tmp_path):
     assert {k: v["bits"] for k, v in layers.items()} == {"conv1": 2, "conv2": 5, "fc1": 6, "fc2": 7, "fc3": 8}
     assert layers["conv1"]["signed"] is True and layers["conv1"]["granularity"] == "per-channel"
     assert layers["conv1"]["bn"] == "bn1" and "conv1.deploy.scale" in names
-    assert layers["fc3"]["act_bits"] == 8 and "recipe" in meta and "srq_version" in meta
+    assert layers["fc3"]["act_bits"] == 7 and "recipe" in meta and "srq_version" in meta
     assert not any(n.endswith(("log_sigma", "log_alpha", "num_batches_tracked")) for n in names)
     ideal = sum(v["bits"] * torch.Size(v["shape"]).numel() for v in layers.values()) / 8
     assert sizes["packed_weight_bytes"] <= ideal + len(layers)  # ≤ 1 padding byte per layer

@@ -7,7 +7,9 @@ per-channel weight steps.
 
 Stated tolerances:
 * onnxruntime with ``ORT_DISABLE_ALL``: every output within 1 output step of PyTorch (the
-  graph is the PyTorch computation; measured max ≈ 1e-4 steps).
+  graph is the PyTorch computation; measured max ≈ 1e-4 steps), but for at most one image of
+  32 within one code flip: a float sum in another order can land an activation on the other
+  side of a rounding tie (seen once: W7A8 ``plain`` per-channel, 0.86 flips in 1 image).
 * default optimisation (fused integer kernels): every output within 1 output step of the
   *integer reference* (same graph with onnxruntime's int32-rounded biases, no fusion; measured
   0 steps), and within ``DEFAULT_MAX_FLIPS`` *code flips* of PyTorch, a code flip being the
@@ -15,7 +17,12 @@ Stated tolerances:
   onnxruntime's rounding of each bias to the accumulator grid, which can flip a code of the
   following layer. The export makes that grid finer (:mod:`srqcli.export.accumulator`): at 2–4
   bits 31 of 32 cases now match PyTorch exactly (max 1.7 flips; before: 31 of 32 off, up to 3.1
-  flips and 22 steps); 8-bit layers fill their containers and keep up to 2.2 flips.
+  flips and 22 steps). 8-bit layers fill their containers, and their weights are 7-bit (8-bit
+  inputs: :func:`srqcli.core.grid.portable_weight_bits`), which doubles the accumulator step:
+  measured up to 3.65 flips over 3 seeds of every model (``MAX_FLIPS_8BIT``).
+* every exported file passes the static pair-bound check (:mod:`srqcli.export.pair_bound`), so
+  onnxruntime computes the same integers on AVX2, AVX-512, VNNI and ARM CPUs; on a machine
+  without VNNI the integer-reference comparison above shows it at run time too.
 
 The output step is the accumulator step of the last layer, ``α_x·max_c scale_c``.
 """
@@ -32,12 +39,14 @@ from torch import nn
 
 from srqcli.export.demo import quantize_untrained, randomize_batchnorm
 from srqcli.export.encodings import freeze_model
+from srqcli.export.pair_bound import pair_bound_violations
 from srqcli.export.to_onnx import build_onnx, output_layer, output_step
 from srqcli.export.verify import executed_op_types, ort_session, run_onnx
 from srqcli.nn.graph import trace
 
 SIZE = 10
 DEFAULT_MAX_FLIPS = 3
+MAX_FLIPS_8BIT = 5
 
 
 class PlainNet(nn.Module):
@@ -162,6 +171,7 @@ def export(model: nn.Module, layout: str = "qdq", opset: int | None = None):
     frozen = freeze_model(model, traced.bn_folds)
     proto, stats = build_onnx(traced, frozen, layout=layout, opset=opset)
     onnx.checker.check_model(proto, full_check=True)
+    assert pair_bound_violations(proto) == []
     return proto, output_step(traced, frozen), frozen, stats
 
 
@@ -196,7 +206,9 @@ def check_onnxruntime(model: nn.Module, proto, step: float, tmp_path) -> tuple:
     x = inputs()
     ref = reference(model, x)
     off = run_onnx(ort_session(path, "disabled"), x)
-    assert np.abs(off - ref).max() <= step, f"ORT_DISABLE_ALL off by {np.abs(off - ref).max() / step:.3g} steps"
+    off_images = (np.abs(off - ref).max(axis=1) > step).sum()
+    assert off_images <= 1 and np.abs(off - ref).max() <= flip_step(model), \
+        f"ORT_DISABLE_ALL off by {np.abs(off - ref).max() / step:.3g} steps in {off_images} images"
     default = run_onnx(ort_session(path, "default"), x)
     assert np.abs(default - integer_reference(path, x)).max() <= step
     return path, default, ref
@@ -209,7 +221,7 @@ def test_qdq_matches_pytorch(name, bits, per_channel, tmp_path):
     model = make(name, bits, per_channel)
     proto, step, _, _ = export(model)
     _, default, ref = check_onnxruntime(model, proto, step, tmp_path)
-    assert np.abs(default - ref).max() <= DEFAULT_MAX_FLIPS * flip_step(model)
+    assert np.abs(default - ref).max() <= (MAX_FLIPS_8BIT if bits == 8 else DEFAULT_MAX_FLIPS) * flip_step(model)
 
 
 @pytest.mark.parametrize("per_channel", [False, True], ids=["per-tensor", "per-channel"])
@@ -294,7 +306,9 @@ def test_negative_gamma_with_code_minus_128(tmp_path):
     with torch.no_grad():
         model.bn1.weight[0] = -1.0
         model.bn1.weight[1] = -0.7
-    quantize_untrained(model, (16, 3, SIZE, SIZE), weight_bits=8, act_bits=8, per_channel=True)
+    # 7-bit network input: conv1 keeps 8-bit weights (8-bit inputs would make them 7-bit)
+    quantize_untrained(model, (16, 3, SIZE, SIZE), weight_bits=8, act_bits=8, input_bits=7, per_channel=True)
+    assert model.conv1.weight_quant.grid.bits == 8
     with torch.no_grad():  # put the one code that has no int8 negative into channel 0
         model.conv1.weight[0, 0, 0, 0] = -128 * model.conv1.weight_quant.alpha[0, 0, 0, 0]
     proto, step, frozen, _ = export(model)
@@ -332,13 +346,14 @@ def test_output_quantizers_fuse_every_conv_exactly(bits, per_channel, output_bit
     result is as exact as the plain export: at 2–4 bits within 1 code flip of PyTorch at the
     default level (measured ≤ 0.77). 8-bit layers fill their int8 containers, so their biases
     keep onnxruntime's coarse int32 rounding (module docstring); with 4-bit outputs a flipped
-    output code is a whole 4-bit step: measured ≤ 3.6 flips, top-1 agreement 100%."""
+    output code is a whole 4-bit step: measured ≤ 6.95 flips over 3 seeds with the 7-bit
+    weights of 8-bit layers (≤ 3.6 with 8-bit weights, which AVX2 CPUs cannot run exactly)."""
     model = make("residual", bits, per_channel, output_bits=output_bits)
     proto, step, _, stats = export(model)
     assert sorted(stats.quantized_outputs) == ["c2", "c4", "down.0", "stem.0"]
     assert stats.float_output_layers == ["fc"]
     path, default, ref = check_onnxruntime(model, proto, step, tmp_path)
-    assert np.abs(default - ref).max() <= (4 if bits == 8 else 1) * flip_step(model)
+    assert np.abs(default - ref).max() <= (8 if bits == 8 else 1) * flip_step(model)
     ops = executed_op_types(path, tmp_path)
     assert ops.get("QLinearConv", 0) == 6 and "Conv" not in ops and "FusedConv" not in ops, ops
 
@@ -381,3 +396,54 @@ def test_float_unfused_is_exact(tmp_path, per_channel):
                           run_onnx(ort_session(base.path, "disabled"), xs))
     assert "DequantizeLinear" not in {n.op_type for n in onnx.load(str(fast.path)).graph.node
                                       if n.output[0].startswith(tuple(f"{c}.weight" for c in float_convs))}
+
+
+def _with_weight_codes(proto: onnx.ModelProto, layer: str, value: int) -> onnx.ModelProto:
+    """``proto`` with one int8 weight code of ``layer`` set to ``value``."""
+    edited = onnx.ModelProto()
+    edited.CopyFrom(proto)
+    init = next(t for t in edited.graph.initializer if t.name == f"{layer}.weight.codes")
+    codes = onnx.numpy_helper.to_array(init).copy()
+    codes.flat[0] = value
+    init.CopyFrom(onnx.numpy_helper.from_array(codes, init.name))
+    return edited
+
+
+def test_pair_bound_check_flags_an_8bit_by_8bit_layer():
+    """The static check reads the bound from the file: conv2 of a W7A8 export is within it
+    (activation codes up to 255 × weight codes up to 64); one weight code of 127 is not."""
+    model = make("plain", 8, per_channel=False)
+    assert model.conv2.weight_quant.grid.bits == 7 and model.conv2.input_quant.grid.bits == 8
+    proto, _, _, _ = export(model)
+    assert pair_bound_violations(proto) == []
+    found = pair_bound_violations(_with_weight_codes(proto, "conv2", 127))
+    assert [(v.layer, v.x_max, v.w_max) for v in found] == [("conv2.Conv", 255, 127)]
+    assert "AVX2" in found[0].describe() and "conv2" in found[0].describe()
+
+
+def test_pair_bound_check_reads_clipped_codes():
+    """A 4-bit input's codes are clipped to 0…15 in the file, so 8-bit weights are within the
+    bound (15 × 128); the check must see the Clip, not the container's 255."""
+    model = make("plain", 8, per_channel=False, act_bits=4)
+    assert model.conv2.weight_quant.grid.bits == 8
+    proto, _, _, _ = export(model)
+    assert pair_bound_violations(_with_weight_codes(proto, "conv2", -128)) == []
+
+
+def test_export_refuses_a_model_that_breaks_the_pair_bound(tmp_path, monkeypatch):
+    """A model trained with 8-bit weights on 8-bit inputs (srq before the pair bound) would give
+    other outputs on AVX2 CPUs than on the machine that verified it: export names the layer
+    and writes nothing. (onnxruntime re-quantizes float weights between Q/DQ itself, so a float
+    path for such a layer is no way out.)"""
+    from srqcli.errors import SrqError
+    from srqcli.export.workflow import export_onnx
+
+    import srqcli.nn.surgery as surgery
+
+    monkeypatch.setattr(surgery, "portable_weight_bits", lambda w, a: w)
+    model = make("bn", 8, per_channel=True)
+    assert model.conv2.weight_quant.grid.bits == 8
+    out = tmp_path / "m.onnx"
+    with pytest.raises(SrqError, match=r"layer conv1\.Conv: activation codes up to 255 .*AVX2"):
+        export_onnx(model, None, out, shape=(1, 3, SIZE, SIZE), verify=False)
+    assert list(tmp_path.iterdir()) == []

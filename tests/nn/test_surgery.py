@@ -101,8 +101,8 @@ def test_every_conv_and_linear_is_quantized(signed_input):
 def test_first_last_bits_follow_execution_order():
     _, qnet, plan = quantize(QuantConfig(weight_bits=2, act_bits=2, first_last_bits=8))
     b = bits_of(qnet)
-    assert b["stem"][:2] == (8, 8)
-    assert b["head"][:2] == (8, 8)
+    assert b["stem"][:2] == (7, 8)  # 8-bit weights on 8-bit inputs become 7-bit (pair bound)
+    assert b["head"][:2] == (7, 8)
     for name in ("block.0", "block.3", "mid"):
         assert b[name][:2] == (2, 2), name
     assert {lb.name: (lb.weight_bits, lb.act_bits) for lb in plan} == {
@@ -138,8 +138,18 @@ def test_per_layer_patterns_override_bits():
     assert b["block.0"][:2] == (3, 4)
     assert b["block.3"][:2] == (2, 5)
     assert b["head"][:2] == (6, 8)
-    assert b["stem"][:2] == (8, 8)
+    assert b["stem"][:2] == (7, 8)
     assert b["mid"][:2] == (4, 4)
+
+
+@pytest.mark.parametrize("act_bits,want", [(8, 7), (7, 8), (4, 8), (2, 8)])
+def test_8bit_weights_stay_within_the_x86_pair_bound(act_bits, want):
+    """8-bit weights train on the 7-bit grid exactly where their inputs are 8-bit: 255·128 breaks
+    the int16 pair sums of AVX2 integer kernels, 255·64 and 127·128 do not."""
+    cfg = QuantConfig(weight_bits=4, act_bits=4, layers={"mid": {"weight_bits": 8, "act_bits": act_bits}})
+    _, qnet, plan = quantize(cfg)
+    assert bits_of(qnet)["mid"][:2] == (want, act_bits)
+    assert next(lb for lb in plan if lb.name == "mid").weight_bits == want
 
 
 def test_pattern_matching_nothing_raises():
