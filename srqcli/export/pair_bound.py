@@ -17,7 +17,9 @@ dequantized 8-bit integers counts, whether or not the runtime fuses it today.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -124,3 +126,14 @@ def pair_bound_violations(model: onnx.ModelProto) -> list[PairViolation]:
         if x_max * w_max > PAIR_PRODUCT_MAX:
             found.append(PairViolation(node.name or node.output[0], x_max, w_max))
     return found
+
+
+def pair_bound_warning(path: str | os.PathLike) -> str | None:
+    """One line for ``srq eval`` when the ONNX file at ``path`` breaks the pair bound (a file
+    exported by another tool, or by srq before the bound), else ``None``."""
+    found = pair_bound_violations(onnx.load(str(path), load_external_data=False))
+    if not found:
+        return None
+    more = f" (also {', '.join(v.layer for v in found[1:])})" if len(found) > 1 else ""
+    return (f"{Path(path).name} may compute other outputs on other CPUs: {found[0].describe()}{more}; "
+            "the accuracy below holds for this machine only")

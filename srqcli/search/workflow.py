@@ -31,7 +31,7 @@ from torch import nn
 
 from srqcli import __version__
 from srqcli.config import QuantConfig, Recipe, recipe_from_dict, to_toml
-from srqcli.core.grid import MAX_BITS, MIN_BITS
+from srqcli.core.grid import MAX_BITS, MIN_BITS, portable_weight_bits
 from srqcli.errors import SrqError
 from srqcli.io.atomic import write_text_atomic
 from srqcli.io.quantized import save_model
@@ -234,6 +234,9 @@ def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, overwrite: 
         names = [n for n, _ in quantizable_layers(model)]
         pins = check_pins(cfg.pins, names)
         q = search_quant_config(recipe, cfg, pins)
+        # the bits the pinned layers train with: 8-bit weights on 8-bit inputs are 7-bit
+        planned = {lb.name: lb.weight_bits for lb in plan_bits(names, q)}
+        pins = {n: planned[n] for n in pins}
         # Fail on an impossible budget before any training.
         _structural_cost(model, q, budget, input_shape, cfg, pins).check_feasible(
             cfg.min_bits, cfg.max_bits, pins)
@@ -246,7 +249,8 @@ def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, overwrite: 
         else:
             model, plan, _cost, alloc, history, ro, metrics = _learned(
                 job, model, q, budget, input_shape, cfg, pins, state)
-    final_plan = [dataclasses.replace(lb, weight_bits=alloc.bits[lb.name]) for lb in plan]
+    final_plan = [dataclasses.replace(lb, weight_bits=portable_weight_bits(alloc.bits[lb.name], lb.act_bits))
+                  for lb in plan]
     header = [(f"srq search-bits {__version__}: {recipe.model.arch}, strategy {cfg.strategy}, "
                f"bits {cfg.min_bits}..{cfg.max_bits}"),
               (f"budget {budget.kind} = {budget.value:g}; achieved {alloc.achieved:.6g} "

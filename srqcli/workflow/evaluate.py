@@ -85,6 +85,12 @@ def run_eval(target: str, *, data: str | None, checkpoint: str | None = None,
     model, kind = load_target(target, path, checkpoint=checkpoint, num_classes=num_classes,
                               in_channels=bundle.in_channels, trust_pickle=trust_pickle,
                               data_classes=bundle.num_classes)
+    if kind == "onnx":
+        from srqcli.export.pair_bound import pair_bound_warning
+
+        warning = pair_bound_warning(path)
+        if warning:
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     _, val_loader = make_loaders(bundle, min(batch_size, len(bundle.train)), workers, seed=0)
     with Reporter(console, enabled=show_progress) as reporter:
         metrics = evaluate(model.to(dev), val_loader, dev, reporter=reporter, label="eval")

@@ -207,3 +207,23 @@ def test_onnx_is_not_an_export_source(run_dir, tmp_path):
     good = tmp_path / "m.onnx"
     assert _invoke("export", str(run_dir), "--out", str(good), "--no-verify").exit_code == 0
     assert "already an ONNX export" in _one_line_error(_invoke("export", str(good), "-o", str(tmp_path / "n.onnx")))
+
+
+def test_eval_warns_about_an_onnx_file_that_breaks_the_pair_bound(run_dir, tmp_path):
+    """An ONNX file whose integer layer could saturate AVX2 kernels (here: one 8-bit weight code
+    of 127 behind conv1's 8-bit input, as another tool might write) is still evaluated, with a
+    one-line warning naming the layer; srq's own export gets none."""
+    out = tmp_path / "m.onnx"
+    assert _invoke("export", str(run_dir), "--out", str(out), "--no-verify").exit_code == 0
+    clean = _invoke("eval", str(out), "--data", "example")
+    assert clean.exit_code == 0 and "warning" not in clean.output, clean.output
+    proto = onnx.load(str(out))
+    init = next(t for t in proto.graph.initializer if t.name == "conv1.weight.codes")
+    codes = onnx.numpy_helper.to_array(init).copy()
+    codes.flat[0] = 127
+    init.CopyFrom(onnx.numpy_helper.from_array(codes, init.name))
+    onnx.save(proto, str(out))
+    res = _invoke("eval", str(out), "--data", "example")
+    assert res.exit_code == 0, res.output
+    warnings = [line for line in res.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "layer conv1" in warnings[0] and "AVX2" in warnings[0], res.output

@@ -38,8 +38,8 @@ def test_report_on_run_folder(run):
     assert [r.name for r in report.layers] == LENET_LAYERS
     assert report.model.arch == "lenet5" and report.model.input_shape == [1, 1, 28, 28]
     assert report.source == str(run / "model.safetensors")
-    # first/last layer at 8 bits, per-channel steps, the LeNet conv1 MACs: 28·28·6·25
-    assert [r.weight_bits for r in report.layers] == [8, 3, 3, 3, 8]
+    # first/last layer at 8 bits (weights 7: 8-bit inputs), per-channel steps, conv1 MACs: 28·28·6·25
+    assert [r.weight_bits for r in report.layers] == [7, 3, 3, 3, 7]
     assert report.layers[0].macs == 28 * 28 * 6 * 25 and report.layers[0].per_channel
     assert len(report.layers[1].weight_steps) == 16
     assert (run / "bits.png").read_bytes()[:4] == b"\x89PNG"
