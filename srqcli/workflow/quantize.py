@@ -377,17 +377,12 @@ def run_quantize(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: 
     with distributed.session(distributed.local_device(resolve_device(recipe.train.device))):
         if not distributed.is_main():
             console, show_progress = Console(stderr=True, quiet=True), False
-        created = distributed.on_main(lambda: rundir.claim(out, resume=resume, overwrite=overwrite))
-        try:
-            return _run(recipe, out, resume, overwrite, trust_pickle, console, show_progress)
-        except BaseException:
-            if distributed.is_main():
-                rundir.abandon(out, created)  # leave nothing behind for a failed fresh run
-            raise
+        with rundir.claimed(out, resume=resume, overwrite=overwrite):
+            return _run(recipe, out, resume, trust_pickle, console, show_progress)
 
 
-def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle: bool,
-         console: Console, show_progress: bool) -> QuantizeResult:
+def _run(recipe: Recipe, out: Path, resume: bool, trust_pickle: bool, console: Console,
+         show_progress: bool) -> QuantizeResult:
     state = None
     if resume:
         state = distributed.on_main(
@@ -398,8 +393,6 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle:
         what = "float pre-training" if state.get("phase") == FLOAT_PHASE else "srq training"
         console.print(f"[dim]resuming {out}: {what} at epoch {state['epoch'] + 1}, step "
                       f"{state['progress']['step']}, with its saved recipe[/]")
-    elif overwrite:
-        distributed.on_main(lambda: rundir.clear(out))
     started = time.perf_counter()
     weights = read_start_weights(recipe, trust_pickle=trust_pickle, job="quantizes")
     with Reporter(console, enabled=show_progress) as reporter:
