@@ -162,9 +162,8 @@ def verification_batches(info: ModelInfo, data: str | None, batches: int, batch_
     spec = DataSpec(source=data, batch_size=batch_size, image_size=info.image_size,
                     resize_size=info.recipe.data.resize_size)
     bundle = load_datasets(spec)
-    if bundle.num_classes != info.num_classes or bundle.in_channels != info.in_channels:
-        raise SrqError(f"the model expects {info.in_channels}-channel images of {info.num_classes} "
-                       f"classes but {data} has {bundle.in_channels} channels and {bundle.num_classes} classes")
+    bundle.check_fits(info.num_classes, info.in_channels,
+                      "pass --data like the model's training data, or no --data (random inputs)")
     _, val = make_loaders(bundle, min(batch_size, len(bundle.train)), 0, seed=0)
     out = []
     for images, _labels in val:

@@ -91,11 +91,7 @@ def build_float_model(recipe: Recipe, data: DatasetBundle, weights: dict | nn.Mo
     m = recipe.model
     num_classes = m.num_classes or data.num_classes
     in_channels = m.in_channels or data.in_channels
-    if num_classes != data.num_classes:
-        raise SrqError(f"the model has {num_classes} classes but the data has {data.num_classes}; "
-                       "fix --num-classes or the data folder")
-    if in_channels != data.in_channels:
-        raise SrqError(f"the model takes {in_channels} input channels but the data has {data.in_channels}")
+    data.check_fits(num_classes, in_channels, "fix --num-classes or the data folder")
     model = build_model(m.arch, num_classes, in_channels)
     if weights is not None:
         # An srq quantized model file as the start: its float part here; run_quantize keeps
