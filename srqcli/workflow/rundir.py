@@ -93,12 +93,13 @@ class Claim:
         it was (a previous run restored, a folder the run created removed) rather than keeping
         ``recipe.toml`` and a float start that only make the next attempt need ``--overwrite``.
         """
-        if (self.out / RESUME).is_file():
-            shutil.rmtree(self.out / REPLACED, ignore_errors=True)
+        checkpointed = (self.out / RESUME).is_file()
+        replaced = (self.out / REPLACED).is_dir()
+        _settle(self.out)
+        if checkpointed:
             return (f"{self.out} keeps the run's last checkpoint: continue it with the same command "
                     "plus --resume")
-        if (self.out / REPLACED).is_dir():
-            _restore(self.out)
+        if replaced:
             return f"no checkpoint was written yet: {self.out} holds its previous run, unchanged"
         if self.created:
             shutil.rmtree(self.out, ignore_errors=True)
