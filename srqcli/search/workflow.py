@@ -202,7 +202,8 @@ def run_search(recipe: Recipe, cfg: SearchConfig, out: Path, *, resume: bool = F
     with distributed.session(distributed.local_device(resolve_device(recipe.train.device))):
         if not distributed.is_main():
             console, show_progress = Console(stderr=True, quiet=True), False
-        with rundir.claimed(out, resume=resume, overwrite=overwrite):
+        with rundir.claimed(out, resume=resume, overwrite=overwrite,
+                            start=recipe.model.checkpoint):
             return _run(recipe, cfg, out, resume, trust_pickle, console, show_progress)
 
 

@@ -373,7 +373,8 @@ def run_quantize(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: 
     with distributed.session(distributed.local_device(resolve_device(recipe.train.device))):
         if not distributed.is_main():
             console, show_progress = Console(stderr=True, quiet=True), False
-        with rundir.claimed(out, resume=resume, overwrite=overwrite):
+        with rundir.claimed(out, resume=resume, overwrite=overwrite,
+                            start=recipe.model.checkpoint):
             return _run(recipe, out, resume, trust_pickle, console, show_progress)
 
 

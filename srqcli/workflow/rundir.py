@@ -75,11 +75,12 @@ class Claim:
     run in place, and :func:`prepare` settles it the next time the folder is used.
     """
 
-    def __init__(self, out: Path, *, resume: bool, overwrite: bool) -> None:
+    def __init__(self, out: Path, *, resume: bool, overwrite: bool, start: str | None = None) -> None:
         self.out = out
         self.created = not out.exists()
         prepare(out, resume=resume, overwrite=overwrite)
         if overwrite and not resume:
+            _check_not_replaced(out, start)
             _set_aside(out)
 
     def finish(self) -> None:
@@ -109,13 +110,14 @@ class Claim:
 
 
 @contextmanager
-def claimed(out: Path, *, resume: bool, overwrite: bool) -> Iterator[None]:
-    """Run the body holding ``out`` (a :class:`Claim`, taken on rank 0).
+def claimed(out: Path, *, resume: bool, overwrite: bool, start: str | None) -> Iterator[None]:
+    """Run the body holding ``out`` (a :class:`Claim`, taken on rank 0); ``start`` is the run's
+    ``--checkpoint``.
 
     On failure the claim is undone as far as it can be; Ctrl-C becomes :class:`Interrupted`
     carrying what ``out`` now holds, so the CLI's closing line is true for this run.
     """
-    claim = distributed.on_main(lambda: Claim(out, resume=resume, overwrite=overwrite))
+    claim = distributed.on_main(lambda: Claim(out, resume=resume, overwrite=overwrite, start=start))
     try:
         yield
     except BaseException as exc:
@@ -134,6 +136,14 @@ def clear(out: Path) -> None:
     for name in OUTPUTS:
         (out / name).unlink(missing_ok=True)
     remove_stale_temporaries(out)
+
+
+def _check_not_replaced(out: Path, start: str | None) -> None:
+    """Refuse a ``--checkpoint`` that is one of the outputs ``--overwrite`` sets aside: it would
+    be gone before the run reads it (e.g. ``-c OUT/float.safetensors --out OUT``)."""
+    if start is not None and Path(start).resolve() in {(out / name).resolve() for name in OUTPUTS}:
+        raise SrqError(f"--checkpoint {start} is a file of the run that --overwrite replaces; copy "
+                       f"it out of {out} first or choose another --out")
 
 
 def _set_aside(out: Path) -> None:

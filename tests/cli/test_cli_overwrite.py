@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from report.report_testutil import save_lenet_run
 from typer.testing import CliRunner
 
 from srqcli.cli import app
@@ -80,3 +81,15 @@ def test_overwrite_interrupted_after_a_checkpoint_resumes_as_its_note_says(
     assert result.exit_code == 0, result.output
     assert read_model_info(finished_run / rundir.MODEL).recipe.quant.weight_bits == 3  # the new run
     assert sorted(p.name for p in finished_run.iterdir() if p.name.startswith(".")) == []
+
+
+def test_overwrite_refuses_a_checkpoint_it_would_set_aside(tmp_path: Path) -> None:
+    run = save_lenet_run(tmp_path / "run", quantized=False).parent  # a float model.safetensors
+    before = files(run)
+    result = runner.invoke(app, ["quantize", "lenet5", "--data", "example", "-c",
+                                 str(run / rundir.MODEL), "--out", str(run), "--overwrite", "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (f"error: --checkpoint {run / rundir.MODEL} is a file of the run "
+                                     f"that --overwrite replaces; copy it out of {run} first or "
+                                     "choose another --out")
+    assert files(run) == before
