@@ -27,6 +27,12 @@ class SrqError(Exception):
         super().__init__(message)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C in a job that writes a run folder. The message (one line) says what the folder
+    holds now and how to go on, which only the job knows: a checkpoint to ``--resume``, a
+    previous run kept, or nothing."""
+
+
 def short_reason(exc: BaseException) -> str:
     """One short line from an exception whose text may be long, multi-line or ANSI-coloured.
 

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from srqcli import __version__
-from srqcli.errors import SrqError
+from srqcli.errors import Interrupted, SrqError
 
 app = typer.Typer(
     name="srq",
@@ -53,9 +53,9 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except SrqError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/]: partial outputs were not written; "
-                              "continue a quantize run with --resume")
+        except KeyboardInterrupt as exc:
+            what = str(exc) if isinstance(exc, Interrupted) else "partial outputs were not written"
+            err_console.print(f"[bold red]interrupted[/]: {what}", highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
 
     return wrapper

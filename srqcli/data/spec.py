@@ -65,3 +65,16 @@ class DatasetBundle:
     description: str
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+
+    def check_fits(self, num_classes: int, in_channels: int, fix: str) -> None:
+        """Refuse, in one line, a model whose input channels or classes differ from this data's.
+
+        Checked before the first batch: a mismatch otherwise surfaces as a shape error deep in
+        torch. ``fix`` tells the user what to change (it differs per command).
+        """
+        if in_channels != self.in_channels:
+            raise SrqError(f"the model takes {in_channels}-channel images but the data has "
+                           f"{self.in_channels} channels; {fix}")
+        if num_classes != self.num_classes:
+            raise SrqError(f"the model has {num_classes} classes but the data has "
+                           f"{self.num_classes}; {fix}")

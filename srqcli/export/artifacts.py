@@ -3,7 +3,8 @@
 ``srq eval`` uses :func:`read_info` and :func:`load_any` so an artifact is evaluated exactly
 like a checkpoint: an ONNX export runs in onnxruntime (default optimisation level, i.e. the
 integer kernels a deployment gets) behind an ``nn.Module`` facade; a packed file is rebuilt
-into the PyTorch model it came from.
+into the PyTorch model it came from. ``srq export`` and ``srq report``, which need the PyTorch
+model itself, read their source with :func:`resolve_source` and :func:`load_quantized_source`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from srqcli.errors import SrqError, short_reason
-from srqcli.io.quantized import ModelInfo, load_model, read_model_info
+from srqcli.io.quantized import FLOAT, QUANTIZED, ModelInfo, load_model, read_model_info
+from srqcli.workflow.rundir import MODEL as RUN_MODEL
 
 
 class OnnxModule(nn.Module):
@@ -77,3 +79,51 @@ def load_any(path: str | os.PathLike) -> tuple[nn.Module, ModelInfo, str]:
         return model, info, "quantized"
     model, info = load_model(path)
     return model, info, "quantized" if info.quantized else "float"
+
+
+def resolve_source(target: str | os.PathLike) -> Path:
+    """The quantized model file behind ``target`` (a run folder or a model file)."""
+    path = Path(target)
+    if path.is_dir():
+        model = path / RUN_MODEL
+        if not model.is_file():
+            raise SrqError(f"{path} is not an srq run folder ({RUN_MODEL} not found)")
+        return model
+    if not path.exists():
+        raise SrqError(f"model not found: {path} (pass an srq run folder or its model.safetensors)")
+    return path
+
+
+def _safetensors_format(path: Path) -> str | None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SrqError(f"{path} is not a valid safetensors file: {short_reason(exc)}") from exc
+
+
+def load_quantized_source(path: Path) -> tuple[nn.Module, ModelInfo]:
+    """The quantized PyTorch model in ``path``: an ``srq.quantized`` checkpoint or an
+    ``srq.packed`` export, which rebuilds the same model. An ONNX export cannot be turned back
+    into one, so it is refused with the file to pass instead."""
+    from srqcli.export.packed import PACKED, load_packed
+
+    if path.suffix == ".onnx":
+        run = path.parent
+        instead = (f"the run folder {run}" if (run / RUN_MODEL).is_file()
+                   else f"the run folder it came from or its {RUN_MODEL}")
+        raise SrqError(f"{path} is already an ONNX export; pass {instead}")
+    if path.suffix != ".safetensors":
+        raise SrqError(f"{path} is not an srq quantized model: pass a run folder or the "
+                       f"{RUN_MODEL} of srq quantize (quantize a float checkpoint first)")
+    fmt = _safetensors_format(path)
+    if fmt == FLOAT:
+        raise SrqError(f"{path} is a float model: quantize it first with srq quantize")
+    if fmt == PACKED:
+        return load_packed(path)
+    if fmt != QUANTIZED:
+        raise SrqError(f"{path} is not an srq model file (no srq metadata): quantize a float "
+                       "checkpoint first with srq quantize")
+    return load_model(path)

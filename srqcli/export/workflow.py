@@ -21,10 +21,11 @@ from torch import nn
 
 from srqcli import __version__
 from srqcli.errors import SrqError, short_reason
+from srqcli.export.artifacts import load_quantized_source, resolve_source
 from srqcli.export.encodings import FrozenModel, freeze_model
 from srqcli.export.packing import packed_nbytes
 from srqcli.io.atomic import atomic_path
-from srqcli.io.quantized import FLOAT, QUANTIZED, ModelInfo, load_model
+from srqcli.io.quantized import QUANTIZED, ModelInfo
 from srqcli.nn.graph import trace
 from srqcli.report.writer import ReportFiles, rewrite_report
 
@@ -32,7 +33,6 @@ FORMATS = ("onnx", "safetensors")
 ONNX_FORMAT = "srq.onnx"
 ONNX_FORMAT_VERSION = 1
 META_PREFIX = "srq."
-RUN_MODEL = "model.safetensors"
 
 
 @dataclass
@@ -86,52 +86,6 @@ def _eager(fn: Callable) -> Callable:
 # sources
 # --------------------------------------------------------------------------------------------
 
-def resolve_source(target: str | os.PathLike) -> Path:
-    """The quantized model file behind ``target`` (a run folder or a model file)."""
-    path = Path(target)
-    if path.is_dir():
-        model = path / RUN_MODEL
-        if not model.is_file():
-            raise SrqError(f"{path} is not an srq run folder ({RUN_MODEL} not found)")
-        return model
-    if not path.exists():
-        raise SrqError(f"model not found: {path} (pass an srq run folder or its model.safetensors)")
-    return path
-
-
-def _safetensors_format(path: Path) -> str | None:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("format")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise SrqError(f"{path} is not a valid safetensors file: {short_reason(exc)}") from exc
-
-
-def load_quantized_source(path: Path) -> tuple[nn.Module, ModelInfo]:
-    """Load a quantized srq model (``srq.quantized`` or ``srq.packed``) for export."""
-    from srqcli.export.packed import PACKED, load_packed
-
-    if path.suffix == ".onnx":
-        raise SrqError(f"{path} is already an ONNX export; export from the run folder or its "
-                       "model.safetensors")
-    if path.suffix != ".safetensors":
-        raise SrqError(f"{path} is not an srq quantized model: export takes a run folder or the "
-                       "model.safetensors of srq quantize (quantize a float checkpoint first)")
-    fmt = _safetensors_format(path)
-    if fmt == FLOAT:
-        raise SrqError(f"{path} is a float model: quantize it first with srq quantize, then export "
-                       "the run folder")
-    if fmt == PACKED:
-        return load_packed(path)
-    if fmt != QUANTIZED:
-        raise SrqError(f"{path} is not an srq quantized model (no srq metadata): a float "
-                       "checkpoint must be quantized first with srq quantize")
-    model, info = load_model(path)
-    return model, info
-
-
 def default_output(source: Path, fmt: str, layout: str) -> Path:
     stem = source.name[: -len(".safetensors")] if source.name.endswith(".safetensors") else source.stem
     stem = stem.removesuffix(".packed")
@@ -162,9 +116,8 @@ def verification_batches(info: ModelInfo, data: str | None, batches: int, batch_
     spec = DataSpec(source=data, batch_size=batch_size, image_size=info.image_size,
                     resize_size=info.recipe.data.resize_size)
     bundle = load_datasets(spec)
-    if bundle.num_classes != info.num_classes or bundle.in_channels != info.in_channels:
-        raise SrqError(f"the model expects {info.in_channels}-channel images of {info.num_classes} "
-                       f"classes but {data} has {bundle.in_channels} channels and {bundle.num_classes} classes")
+    bundle.check_fits(info.num_classes, info.in_channels,
+                      "pass --data like the model's training data, or no --data (random inputs)")
     _, val = make_loaders(bundle, min(batch_size, len(bundle.train)), 0, seed=0)
     out = []
     for images, _labels in val:
@@ -382,12 +335,13 @@ def run_export(target: str, *, fmt: str = "onnx", layout: str = "qdq", opset: in
         if on and (fmt != "onnx" or layout != "qdq"):
             raise SrqError(f"{flag} applies to --format onnx --layout qdq only")
     source = resolve_source(target)
+    model, info = load_quantized_source(source)  # first: what the source is decides the message
     dest = Path(out) if out is not None else default_output(source, fmt, layout)
     if dest.exists() and dest.resolve() == source.resolve():
-        raise SrqError(f"--out {dest} would overwrite the model being exported")
+        given = f"--out {dest}" if out is not None else f"the default output {dest}"
+        raise SrqError(f"{given} is the model being exported; pass --out with another file name")
     if dest.is_dir():
         raise SrqError(f"--out {dest} is a folder; pass a file name")
-    model, info = load_quantized_source(source)
     model = model.cpu().eval()
     vb, desc = verification_batches(info, data, batches, batch_size) if verify or requant else (None, "")
     if console is not None and verify:

@@ -86,28 +86,16 @@ def parse_budget(text: str) -> tuple[str, float]:
 
 def report_target(target: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
                   budget: BudgetLike | None = None, chart: bool = True) -> ReportFiles:
-    """(Re)write the report of a run folder or an srq quantized model file.
+    """(Re)write the report of a run folder, an srq quantized model file or a packed export
+    (what ``srq export`` reads too).
 
     The files go to ``out_dir`` (default: the run folder, or the model file's folder). With
     no ``budget``, one recorded in an existing ``report.json`` there is kept.
     """
-    from srqcli.errors import SrqError
-    from srqcli.io.quantized import load_model
+    from srqcli.export.artifacts import load_quantized_source, resolve_source
 
-    path = Path(target)
-    if path.is_dir():
-        path = path / "model.safetensors"
-        if not path.is_file():
-            raise SrqError(f"{target} is not an srq run folder (model.safetensors not found)")
-    elif not path.exists():
-        raise SrqError(f"run folder or model file not found: {target}")
-    elif path.suffix != ".safetensors":
-        raise SrqError(f"{target} is not an srq model file: srq report reads a run folder or a "
-                       "quantized .safetensors written by srq quantize")
-    model, info = load_model(path)
-    if not info.quantized:
-        raise SrqError(f"{path} is a float model: srq report needs a quantized one "
-                       "(run srq quantize first)")
+    path = resolve_source(target)
+    model, info = load_quantized_source(path)
     out = Path(out_dir) if out_dir is not None else path.parent
     return rewrite_report(model, out, info=info, budget=budget, source=str(path), chart=chart)
 

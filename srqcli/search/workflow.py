@@ -202,17 +202,13 @@ def run_search(recipe: Recipe, cfg: SearchConfig, out: Path, *, resume: bool = F
     with distributed.session(distributed.local_device(resolve_device(recipe.train.device))):
         if not distributed.is_main():
             console, show_progress = Console(stderr=True, quiet=True), False
-        created = distributed.on_main(lambda: rundir.claim(out, resume=resume, overwrite=overwrite))
-        try:
-            return _run(recipe, cfg, out, resume, overwrite, trust_pickle, console, show_progress)
-        except BaseException:
-            if distributed.is_main():
-                rundir.abandon(out, created)
-            raise
+        with rundir.claimed(out, resume=resume, overwrite=overwrite,
+                            start=recipe.model.checkpoint):
+            return _run(recipe, cfg, out, resume, trust_pickle, console, show_progress)
 
 
-def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, overwrite: bool,
-         trust_pickle: bool, console: Console, show_progress: bool) -> SearchResult:
+def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, trust_pickle: bool,
+         console: Console, show_progress: bool) -> SearchResult:
     recipe, cfg = copy.deepcopy(recipe), copy.deepcopy(cfg)
     state = None
     if resume:
@@ -222,8 +218,6 @@ def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, overwrite: 
         recipe = recipe_from_dict(json.loads(state["recipe"]))
         cfg = SearchConfig(**json.loads(state["search"])).validate()
         console.print(f"[dim]resuming {out} after epoch {state['epoch']} with its saved settings[/]")
-    elif overwrite:
-        distributed.on_main(lambda: rundir.clear(out))
     started = time.perf_counter()
     budget = parse_budget(cfg.budget)
     weights = read_start_weights(recipe, trust_pickle=trust_pickle, job="search-bits starts from")

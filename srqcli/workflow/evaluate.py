@@ -79,8 +79,9 @@ def run_eval(target: str, *, data: str | None, checkpoint: str | None = None,
                     image_size=info.image_size if info else None,
                     resize_size=info.recipe.data.resize_size if info else None, strict=strict)
     bundle = load_datasets(spec)
-    if info and info.num_classes != bundle.num_classes:
-        raise SrqError(f"the model has {info.num_classes} classes but {source} has {bundle.num_classes}")
+    if info:
+        bundle.check_fits(info.num_classes, info.in_channels,
+                          f"pass --data like the model's training data ({info.recipe.data.source})")
     dev = resolve_device(device)
     model, kind = load_target(target, path, checkpoint=checkpoint, num_classes=num_classes,
                               in_channels=bundle.in_channels, trust_pickle=trust_pickle,

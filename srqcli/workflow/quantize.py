@@ -91,11 +91,7 @@ def build_float_model(recipe: Recipe, data: DatasetBundle, weights: dict | nn.Mo
     m = recipe.model
     num_classes = m.num_classes or data.num_classes
     in_channels = m.in_channels or data.in_channels
-    if num_classes != data.num_classes:
-        raise SrqError(f"the model has {num_classes} classes but the data has {data.num_classes}; "
-                       "fix --num-classes or the data folder")
-    if in_channels != data.in_channels:
-        raise SrqError(f"the model takes {in_channels} input channels but the data has {data.in_channels}")
+    data.check_fits(num_classes, in_channels, "fix --num-classes or the data folder")
     model = build_model(m.arch, num_classes, in_channels)
     if weights is not None:
         # An srq quantized model file as the start: its float part here; run_quantize keeps
@@ -377,17 +373,13 @@ def run_quantize(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: 
     with distributed.session(distributed.local_device(resolve_device(recipe.train.device))):
         if not distributed.is_main():
             console, show_progress = Console(stderr=True, quiet=True), False
-        created = distributed.on_main(lambda: rundir.claim(out, resume=resume, overwrite=overwrite))
-        try:
-            return _run(recipe, out, resume, overwrite, trust_pickle, console, show_progress)
-        except BaseException:
-            if distributed.is_main():
-                rundir.abandon(out, created)  # leave nothing behind for a failed fresh run
-            raise
+        with rundir.claimed(out, resume=resume, overwrite=overwrite,
+                            start=recipe.model.checkpoint):
+            return _run(recipe, out, resume, trust_pickle, console, show_progress)
 
 
-def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle: bool,
-         console: Console, show_progress: bool) -> QuantizeResult:
+def _run(recipe: Recipe, out: Path, resume: bool, trust_pickle: bool, console: Console,
+         show_progress: bool) -> QuantizeResult:
     state = None
     if resume:
         state = distributed.on_main(
@@ -398,8 +390,6 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, trust_pickle:
         what = "float pre-training" if state.get("phase") == FLOAT_PHASE else "srq training"
         console.print(f"[dim]resuming {out}: {what} at epoch {state['epoch'] + 1}, step "
                       f"{state['progress']['step']}, with its saved recipe[/]")
-    elif overwrite:
-        distributed.on_main(lambda: rundir.clear(out))
     started = time.perf_counter()
     weights = read_start_weights(recipe, trust_pickle=trust_pickle, job="quantizes")
     with Reporter(console, enabled=show_progress) as reporter:

@@ -17,10 +17,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from srqcli.errors import SrqError
+from srqcli.errors import Interrupted, SrqError
 from srqcli.report.writer import CHART_PNG, REPORT_JSON, REPORT_MD
+from srqcli.train import distributed
 
 MODEL = "model.safetensors"
 FLOAT = "float.safetensors"
@@ -35,12 +38,16 @@ SEARCH_JSON = "search.json"
 SEARCHED = "searched.safetensors"
 SEARCH = (ALLOCATION, SEARCH_JSON, SEARCHED)
 OUTPUTS = (MODEL, FLOAT, RECIPE, METRICS, str(RESUME), *REPORT, *SEARCH)
+# Where ``--overwrite`` keeps the previous run until the new one has a checkpoint (see Claim).
+REPLACED = ".srq-replaced"
 
 
 def prepare(out: Path, *, resume: bool, overwrite: bool) -> Path:
     """Validate and create ``out``; raise :class:`SrqError` with what to do otherwise."""
     if out.exists() and not out.is_dir():
         raise SrqError(f"output path {out} exists and is not a folder")
+    if out.is_dir():
+        _settle(out)
     if resume:
         if not (out / RESUME).is_file():
             raise SrqError(f"nothing to resume in {out}: {RESUME} not found")
@@ -58,29 +65,116 @@ def prepare(out: Path, *, resume: bool, overwrite: bool) -> Path:
     return out
 
 
-def claim(out: Path, *, resume: bool, overwrite: bool) -> bool:
-    """:func:`prepare` ``out``; return whether it did not exist before (see :func:`abandon`)."""
-    created = not out.exists()
-    prepare(out, resume=resume, overwrite=overwrite)
-    return created
+class Claim:
+    """One run's hold on ``out``: what a failure must undo, and what the user can do next.
 
-
-def abandon(out: Path, created: bool) -> None:
-    """After a failed run: remove ``out`` if the run created it and left nothing to resume.
-
-    What a run writes before its first resume checkpoint (``recipe.toml``, the float start)
-    cannot be continued with ``--resume`` and would only make the next attempt need
-    ``--overwrite``; once a checkpoint exists, the folder is the way to resume.
+    ``--overwrite`` moves the previous run's outputs aside (:data:`REPLACED`) instead of deleting
+    them; they are dropped once the new run has written a resume checkpoint, and moved back if it
+    fails before that. So at every moment ``out`` holds a run the user can use: the previous one,
+    or the new one through ``--resume``. A run killed outright (SIGKILL) leaves the moved-aside
+    run in place, and :func:`prepare` settles it the next time the folder is used.
     """
-    if created and out.is_dir() and not (out / RESUME).is_file():
-        shutil.rmtree(out, ignore_errors=True)
+
+    def __init__(self, out: Path, *, resume: bool, overwrite: bool, start: str | None = None) -> None:
+        self.out = out
+        self.created = not out.exists()
+        prepare(out, resume=resume, overwrite=overwrite)
+        if overwrite and not resume:
+            _check_not_replaced(out, start)
+            _set_aside(out)
+
+    def finish(self) -> None:
+        """The run completed: the previous run it replaced is gone for good."""
+        shutil.rmtree(self.out / REPLACED, ignore_errors=True)
+
+    def fail(self) -> str:
+        """Undo what the failed run did, unless it left a checkpoint; say what ``out`` holds now.
+
+        Before the first resume checkpoint nothing can be continued, so ``out`` goes back to how
+        it was (a previous run restored, a folder the run created removed) rather than keeping
+        ``recipe.toml`` and a float start that only make the next attempt need ``--overwrite``.
+        """
+        checkpointed = (self.out / RESUME).is_file()
+        replaced = (self.out / REPLACED).is_dir()
+        _settle(self.out)
+        if checkpointed:
+            return (f"{self.out} keeps the run's last checkpoint: continue it with the same command "
+                    "plus --resume")
+        if replaced:
+            return f"no checkpoint was written yet: {self.out} holds its previous run, unchanged"
+        if self.created:
+            shutil.rmtree(self.out, ignore_errors=True)
+        else:
+            clear(self.out)
+        return "no checkpoint was written yet, so nothing was kept: run the command again"
+
+
+@contextmanager
+def claimed(out: Path, *, resume: bool, overwrite: bool, start: str | None) -> Iterator[None]:
+    """Run the body holding ``out`` (a :class:`Claim`, taken on rank 0); ``start`` is the run's
+    ``--checkpoint``.
+
+    On failure the claim is undone as far as it can be; Ctrl-C becomes :class:`Interrupted`
+    carrying what ``out`` now holds, so the CLI's closing line is true for this run.
+    """
+    claim = distributed.on_main(lambda: Claim(out, resume=resume, overwrite=overwrite, start=start))
+    try:
+        yield
+    except BaseException as exc:
+        if not distributed.is_main():
+            raise
+        note = claim.fail()
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, Interrupted):
+            raise Interrupted(note) from exc
+        raise
+    if distributed.is_main():
+        claim.finish()
 
 
 def clear(out: Path) -> None:
-    """Remove a previous run's outputs (``--overwrite``); other files are left alone."""
+    """Remove a run's outputs; other files are left alone."""
     for name in OUTPUTS:
         (out / name).unlink(missing_ok=True)
     remove_stale_temporaries(out)
+
+
+def _check_not_replaced(out: Path, start: str | None) -> None:
+    """Refuse a ``--checkpoint`` that is one of the outputs ``--overwrite`` sets aside: it would
+    be gone before the run reads it (e.g. ``-c OUT/float.safetensors --out OUT``)."""
+    if start is not None and Path(start).resolve() in {(out / name).resolve() for name in OUTPUTS}:
+        raise SrqError(f"--checkpoint {start} is a file of the run that --overwrite replaces; copy "
+                       f"it out of {out} first or choose another --out")
+
+
+def _set_aside(out: Path) -> None:
+    """Move the previous run's outputs into ``out/``:data:`REPLACED` (renames: nothing copied)."""
+    remove_stale_temporaries(out)
+    _move_outputs(out, out / REPLACED)
+
+
+def _restore(out: Path) -> None:
+    """Put the run set aside by :func:`_set_aside` back in place of the unfinished new one."""
+    clear(out)
+    _move_outputs(out / REPLACED, out)
+    shutil.rmtree(out / REPLACED, ignore_errors=True)
+
+
+def _settle(out: Path) -> None:
+    """Finish what a killed ``--overwrite`` left: the new run won if it wrote a checkpoint,
+    otherwise the previous run comes back (see :class:`Claim`)."""
+    if not (out / REPLACED).is_dir():
+        return
+    if (out / RESUME).is_file():
+        shutil.rmtree(out / REPLACED, ignore_errors=True)
+    else:
+        _restore(out)
+
+
+def _move_outputs(source: Path, dest: Path) -> None:
+    for name in OUTPUTS:
+        if (source / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (source / name).replace(dest / name)
 
 
 def remove_stale_temporaries(out: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
+from report.report_testutil import save_lenet_run
 from typer.testing import CliRunner
 
 from srqcli.cli import app
@@ -13,14 +15,18 @@ runner = CliRunner()
 QUICK = ["--epochs", "1", "--pretrain-epochs", "1", "--quiet"]
 
 
-def _fails_cleanly(args, out, expect: str):
-    res = runner.invoke(app, args)
+def _one_error_line(res, expect: str) -> str:
     assert res.exit_code == 2, res.output
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith("error:") and expect in lines[0], lines[0]
-    assert not out.exists() or not any(p.is_file() for p in out.rglob("*")), list(out.rglob("*"))
     return lines[0]
+
+
+def _fails_cleanly(args, out, expect: str):
+    line = _one_error_line(runner.invoke(app, args), expect)
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*")), list(out.rglob("*"))
+    return line
 
 
 def test_missing_checkpoint(tmp_path):
@@ -131,3 +137,23 @@ def test_eval_bad_targets(tmp_path):
     assert res.exit_code == 2 and "not an srq run folder" in res.stderr
     res = runner.invoke(app, ["eval", "lenet5", "--data", "example", "--quiet"])
     assert res.exit_code == 2 and "--checkpoint" in res.stderr
+
+
+@pytest.fixture
+def rgb_digits(tmp_path):
+    """An ImageFolder with the digits' 10 classes but RGB images (LeNet-5 on digits takes 1 channel)."""
+    root = tmp_path / "rgb"
+    for split in ("train", "val"):
+        for label in range(10):
+            (root / split / str(label)).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (25 * label, 0, 0)).save(root / split / str(label) / "0.png")
+    return root
+
+
+@pytest.mark.parametrize("command", [["eval"], ["export", "--format", "safetensors"]])
+def test_data_with_another_channel_count(tmp_path, rgb_digits, command):
+    run = save_lenet_run(tmp_path / "run").parent
+    before = sorted(p.name for p in run.iterdir())
+    res = runner.invoke(app, [command[0], str(run), *command[1:], "--data", str(rgb_digits)])
+    _one_error_line(res, "takes 1-channel images but the data has 3 channels")
+    assert sorted(p.name for p in run.iterdir()) == before

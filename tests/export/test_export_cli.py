@@ -7,6 +7,7 @@ The model is a LeNet-5 trained for a few seconds on the built-in digits data and
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import onnx
@@ -227,3 +228,17 @@ def test_eval_warns_about_an_onnx_file_that_breaks_the_pair_bound(run_dir, tmp_p
     assert res.exit_code == 0, res.output
     warnings = [line for line in res.output.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "layer conv1" in warnings[0] and "AVX2" in warnings[0], res.output
+
+
+def test_exported_file_as_source_without_out(run_dir, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(run_dir / "model.safetensors", run / "model.safetensors")
+    assert _invoke("export", str(run), "--no-verify").exit_code == 0  # run/model.onnx
+    err = _one_line_error(_invoke("export", str(run / "model.onnx")))
+    assert err == f"error: {run / 'model.onnx'} is already an ONNX export; pass the run folder {run}"
+    assert _invoke("export", str(run), "-f", "safetensors", "--no-verify").exit_code == 0
+    packed = run / "model.packed.safetensors"
+    err = _one_line_error(_invoke("export", str(packed), "-f", "safetensors"))
+    assert err == (f"error: the default output {packed} is the model being exported; "
+                   "pass --out with another file name")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from srqcli.cli import app
 from srqcli.report import read_report
 
 LENET_LAYERS = ["conv1", "conv2", "fc1", "fc2", "fc3"]
+REPORT_OPTIONS = {"--out", "--budget", "--chart", "--no-chart"}
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +68,28 @@ def test_report_markdown_lists_every_layer(run):
         assert f"| {name} | " in md
 
 
+def test_report_on_packed_export_matches_its_checkpoint(tmp_path):
+    run = save_lenet_run(tmp_path / "run").parent
+    export = CliRunner().invoke(app, ["export", str(run), "--format", "safetensors", "--no-verify"])
+    assert export.exit_code == 0, export.output
+    packed = run / "model.packed.safetensors"  # what eval and export accept
+    assert invoke(run, "--out", tmp_path / "checkpoint", "--no-chart").exit_code == 0
+    result = invoke(packed, "--out", tmp_path / "packed", "--no-chart")
+    assert result.exit_code == 0, result.output
+    checkpoint = read_report(tmp_path / "checkpoint" / "report.json")
+    from_packed = read_report(tmp_path / "packed" / "report.json")
+    # The packed file holds the weights on their grid, so every weight is a grid point there and
+    # the latent weights' statistics (cluster and clipped fractions) are gone; the rest is equal.
+    latent = {"cluster_fraction", "clipped_fraction"}
+    assert [without(r, latent) for r in from_packed.layers] == [without(r, latent) for r in checkpoint.layers]
+    assert without(from_packed.totals, latent) == without(checkpoint.totals, latent)
+    assert from_packed.totals.cluster_fraction == 1.0 and from_packed.source == str(packed)
+
+
+def without(entry, keys: set[str]) -> dict:
+    return {k: v for k, v in dataclasses.asdict(entry).items() if k not in keys}
+
+
 def _bad_targets(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -89,7 +114,7 @@ def _bad_targets(tmp_path):
         "corrupt": ([corrupt], "not a valid safetensors file"),
         "truncated": ([truncated], "safetensors"),
         "float model": ([float_run], "is a float model"),
-        "onnx": ([onnx], "not an srq model file"),
+        "onnx": ([onnx], "already an ONNX export"),
         "not srq": ([plain], "not an srq model file"),
         "bad budget": ([float_run, "--budget", "bits=3"], "KIND=VALUE"),
         "bad budget value": ([float_run, "--budget", "size_mb=abc"], "KIND=VALUE"),
@@ -103,6 +128,8 @@ def test_bad_input_is_one_line_error(tmp_path):
         err = result.stderr.strip()
         assert err.startswith("error:") and message in err, (case, err)
         assert "\n" not in err and "Traceback" not in result.output, (case, err)
+        named = set(re.findall(r"--[a-z][a-z-]*", err))
+        assert named <= REPORT_OPTIONS, (case, err)  # a hint names only options report has
 
 
 @pytest.mark.slow

@@ -222,3 +222,20 @@ def test_output_bits_flag_is_kept_by_the_search_and_checked_by_the_fine_tune(tmp
     assert res.exit_code == 2 and "was quantized with --output-bits 8" in res.output
     res = runner.invoke(app, [*common, "--output-bits", "8", "--out", str(tmp_path / "ft")])
     assert res.exit_code == 0, res.output
+
+
+def test_interrupted_overwrite_keeps_the_previous_search(tmp_path, float_ckpt, monkeypatch):
+    out = tmp_path / "search"
+    run_search(_recipe(float_ckpt), SearchConfig(budget="avg-bits=3.0"), out, show_progress=False)
+    before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def ctrl_c(*args, **kwargs):  # once the new run has written its recipe.toml
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(wf, "float_start", ctrl_c)
+    res = runner.invoke(app, ["search-bits", "lenet5", "--data", "example", "-c", float_ckpt,
+                              "--budget", "avg-bits=2.5", "--epochs", "1", "--out", str(out),
+                              "--overwrite", "--quiet"])
+    assert res.exit_code == 130, res.output
+    assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert "holds its previous run, unchanged" in res.stderr
