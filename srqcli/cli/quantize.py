@@ -20,8 +20,6 @@ from srqcli.cli.app import (
 from srqcli.config import Recipe, apply_overrides, load_recipe
 from srqcli.errors import SrqError
 from srqcli.methods.names import METHODS
-from srqcli.search.allocation import read_allocation
-from srqcli.train.distributed import is_main
 
 Method = Enum("Method", {m: m for m in METHODS}, type=str)
 
@@ -64,6 +62,8 @@ def quantize(
 ) -> None:
     """Quantize a pretrained model with SRQ + DropBits (or a baseline --method), fine-tune,
     evaluate and save it."""
+    from srqcli.search.allocation import read_allocation
+    from srqcli.train.distributed import is_main
     from srqcli.workflow.quantize import run_quantize
 
     base = load_recipe(recipe) if recipe else (load_recipe("example") if model == "example" else Recipe())
