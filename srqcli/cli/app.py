@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import time
 from collections.abc import Callable
 from enum import Enum
 from typing import Annotated, Any
@@ -62,8 +63,39 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def job_console(quiet: bool) -> Console:
-    """Where a job's progress and notes go: stderr, silent with ``--quiet`` (errors still show)."""
-    return Console(stderr=True, soft_wrap=True, quiet=quiet)
+    """Where a job's progress and notes go: stderr, silent with ``--quiet`` (errors still show).
+
+    Not on a terminal (a log file, CI) every line gets a timestamp: a log read later has no
+    live display to say when each epoch ended.
+    """
+    console = Console(stderr=True, soft_wrap=True, quiet=quiet)
+    if console.is_terminal:
+        return console
+    return Console(file=_TimestampedStderr(), soft_wrap=True, quiet=quiet)  # type: ignore[arg-type]
+
+
+class _TimestampedStderr:
+    """A text stream that writes to whatever ``sys.stderr`` is at each write (test runners swap
+    it) and starts every line with the date and time."""
+
+    def __init__(self) -> None:
+        self._at_line_start = True
+
+    def write(self, text: str) -> int:
+        pieces = []
+        for line in text.splitlines(keepends=True):
+            if self._at_line_start:
+                pieces.append(time.strftime("%Y-%m-%d %H:%M:%S "))
+            pieces.append(line)
+            self._at_line_start = line.endswith("\n")
+        sys.stderr.write("".join(pieces))
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return False
 
 
 class _StderrHandler(logging.Handler):

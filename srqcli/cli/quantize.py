@@ -112,7 +112,9 @@ def print_quantize_summary(result: Any, cfg: Recipe) -> None:
     table.add_row("activation bits", "32", "/".join(map(str, acts)))
     table.add_row("size", _kib(s["float_bytes"]), f"{_kib(s['packed_bytes'])} ({s['compression']:.1f}× smaller)")
     out_console.print(table)
-    out_console.print(f"saved [bold]{result.out / 'model.safetensors'}[/] (+ metrics.json, recipe.toml, report.md, bits.png)")
+    # soft_wrap: one line in a log file too (Rich would break it at 80 columns there).
+    out_console.print(f"saved [bold]{result.out / 'model.safetensors'}[/] (+ metrics.json, recipe.toml, report.md, bits.png)",
+                      soft_wrap=True)
 
 
 def _kib(n: float) -> str:

@@ -369,7 +369,7 @@ def _learned(job: Job, model: nn.Module, q: QuantConfig, budget: BudgetSpec, inp
                   "budget": target, "lambda": mult.value,
                   "expected_bits": expected_bits(quantizers), "readout_bits": ro}
         history.append(record)
-        job.console.print(f"  epoch {epoch + 1}: loss {loss:.4f}, val top-1 {val.top1:.2f}% (read-out, BN re-estimated), "
+        job.console.print(f"search epoch {epoch + 1}/{epochs}: loss {loss:.4f}, val top-1 {val.top1:.2f}% (read-out, BN re-estimated), "
                           f"E[cost] {budget.describe(exp_cost)} vs budget {budget.describe()}, "
                           f"λ {mult.value:.3f}")
         distributed.on_main(partial(save_state, job.out / rundir.RESUME, {

@@ -212,7 +212,8 @@ class Job:
                            reporter=self.reporter, label="  val")
             history.append(EpochRecord(epoch + 1, loss, acc, val.top1, val.top5, val.loss, ips, secs,
                                        model_cluster_fraction(model)))
-            self.console.print(f"  epoch {epoch + 1}: train loss {loss:.4f}, val top-1 {val.top1:.2f}%")
+            self.console.print(f"{label} epoch {epoch + 1}/{epochs}: train loss {loss:.4f}, "
+                               f"val top-1 {val.top1:.2f}%, {ips:,.0f} img/s, {secs:.0f} s", highlight=False)
         return history
 
 
