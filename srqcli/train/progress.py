@@ -55,8 +55,9 @@ class Reporter:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def start(self, label: str, total: int) -> TaskID:
-        task = self.progress.add_task(label, total=total, stats="")
+    def start(self, label: str, total: int, note: str = "") -> TaskID:
+        """A new bar; ``note`` shows until the first step is done (say why it may take long)."""
+        task = self.progress.add_task(label, total=total, stats=note)
         self._last_line[task] = time.monotonic()
         return task
 

@@ -85,3 +85,16 @@ def test_log_gets_a_line_for_a_task_running_longer_than_the_interval(monkeypatch
         "srq 1/1 1/2  loss 0.5000  acc 90.00%  640 img/s",
         "srq 1/1 2/2  loss 0.5000  acc 90.00%  640 img/s",
         "srq epoch 1/1: train loss 0.5000"]
+
+
+def test_start_note_shows_until_the_first_step_is_done() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100, color_system=None)
+    with Reporter(console) as reporter:
+        task = reporter.start("srq 1/6", 3, note="compiling the SRQ kernels…")
+        reporter.progress.refresh()
+        assert "0/3 compiling the SRQ kernels…" in final_screen(out.getvalue())[-1]
+        reporter.advance(task, images=0, seconds=0.0, loss=0.5)  # the first step: no rate yet
+        reporter.progress.refresh()
+        screen = final_screen(out.getvalue())[-1]
+        assert "1/3 loss 0.5000" in screen and "compiling" not in screen and "img/s" not in screen
