@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # subcommands inherit it
 )
 out_console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -44,8 +46,26 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's time limit, ``docker stop``) as an exception.
+
+    A KeyboardInterrupt, so every clean-up that a Ctrl-C runs (temporary files, a fresh run's
+    folder) runs for it too, and no library's ``except Exception`` swallows it.
+    """
+
+
+def raise_on_sigterm() -> None:
+    """Turn SIGTERM into :class:`Terminated`: without it Python dies at once, silently, exit 143."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn :class:`SrqError` into a one-line message and exit code 2."""
+    """Turn :class:`SrqError` into a one-line message and exit code 2; an interruption (Ctrl-C,
+    SIGTERM) into one line and the shell's exit code for that signal (130, 143)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -54,10 +74,11 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except SrqError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/]: partial outputs were not written; "
-                              "continue a quantize run with --resume")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            err_console.print(f"[bold red]{'terminated (SIGTERM)' if terminated else 'interrupted'}[/]: "
+                              "partial outputs were not written; continue a quantize run with --resume")
+            raise typer.Exit(143 if terminated else 130) from None
 
     return wrapper
 
