@@ -72,6 +72,7 @@ from srqcli.train.loop import (
 from srqcli.train.progress import Reporter
 from srqcli.workflow import rundir
 from srqcli.workflow.quantize import (
+    COMPILE_NOTE,
     Job,
     build_float_model,
     calibration_batches,
@@ -359,7 +360,8 @@ def _learned(job: Job, model: nn.Module, q: QuantConfig, budget: BudgetSpec, inp
     target = budget.value
     for epoch in range(start, epochs):
         loss, acc, exp_cost = _search_epoch(job, trainee, quantizers, cost, mult, optimizer,
-                                            scheduler, f"search {epoch + 1}/{epochs}")
+                                            scheduler, f"search {epoch + 1}/{epochs}",
+                                            first_step_note=COMPILE_NOTE if epoch == start else "")
         distributed.average_batchnorm_(model)
         val = _readout_eval(job, model, cfg.bn_reestimate_batches)
         ro = readout(quantizers)
@@ -417,8 +419,8 @@ def _readout_eval(job: Job, model: nn.Module, bn_batches: int) -> EvalMetrics:
 
 
 def _search_epoch(job: Job, model: nn.Module, quantizers: dict[str, GatedSRQQuantizer],
-                  cost: CostModel, mult: LagrangeMultiplier, optimizer, scheduler, label: str
-                  ) -> tuple[float, float, float]:
+                  cost: CostModel, mult: LagrangeMultiplier, optimizer, scheduler, label: str,
+                  first_step_note: str = "") -> tuple[float, float, float]:
     """One epoch of the search; returns (mean task loss, accuracy %, final E[cost]).
 
     The ordinary training step plus the budget term in the loss and, after every step, the
@@ -438,7 +440,8 @@ def _search_epoch(job: Job, model: nn.Module, quantizers: dict[str, GatedSRQQuan
         reporter=job.reporter, label=label,
         penalty=lambda: mult.term(expected_cost(cost, quantizers), target),
         after_step=update_multiplier,
-        note=lambda: f"E[cost] {exp_value:.4g}/{target:.4g} λ {mult.value:+.2f}")
+        note=lambda: f"E[cost] {exp_value:.4g}/{target:.4g} λ {mult.value:+.2f}",
+        first_step_note=first_step_note)
     return loss, acc, exp_value
 
 
