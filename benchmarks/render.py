@@ -342,6 +342,24 @@ def data_loading_section() -> list[str]:
     return lines
 
 
+def startup_section() -> list[str]:
+    lines = ["## CLI start-up time", ""]
+    r = _load("startup")
+    if r is None:
+        return lines + ["_not run yet_: `python -m benchmarks.startup`", ""]
+    lines += [f"Wall time of each command in a fresh Python process, all commands alternating over "
+              f"{r['rounds']} rounds after one warm-up round; median, with the fastest and slowest "
+              "round. `import torch` is what the lazy CLI avoids; `pass` is the interpreter's own "
+              "start-up.", "", *_provenance(r), "", _load_text(r["load_average"]), "",
+              "| command | median (s) | min–max (s) | target |", "|---|---:|---:|---|"]
+    for name, median in r["median_s"].items():
+        low, high = r["min_max_s"][name]
+        target = r["target_s"].get(name)
+        met = f"< {target:g} s: {'met' if median < target else 'missed'}" if target else "—"
+        lines.append(f"| `{name}` | {median:.2f} | {low:.2f}–{high:.2f} | {met} |")
+    return lines + [""]
+
+
 SEARCH_ARMS = {
     "learned": "(a) learned allocation, searched weights fine-tuned",
     "uniform": "(b) uniform bits within the budget",
@@ -423,7 +441,7 @@ def main() -> None:
              "(ratios measured side by side in one run; accuracy on held-out splits only).", ""]
     lines += (step_time_section() + throughput_section() + grid_sections() + accuracy_section()
               + export_section() + export_latency_section() + search_section() + ablation_section()
-              + data_loading_section())
+              + data_loading_section() + startup_section())
     extra = Path(__file__).parent / "NOTES.md"
     if extra.is_file():
         lines += [extra.read_text().rstrip(), ""]

@@ -18,9 +18,8 @@ from typing import Any
 
 import tomllib
 
-from srqcli.core.dropbits import VARIANTS
 from srqcli.core.grid import MAX_BITS, MIN_BITS
-from srqcli.core.srq import PI_MODES
+from srqcli.core.names import PI_MODES, VARIANTS
 from srqcli.errors import SrqError
 from srqcli.methods.names import METHODS
 

@@ -8,7 +8,7 @@ own module, registered on the shared :data:`app` when imported here.
 import logging
 
 from srqcli.cli import evaluate, export, quantize, recipes, report, search  # noqa: F401  (registers the commands)
-from srqcli.cli.app import app
+from srqcli.cli.app import app, raise_on_sigterm
 
 
 def main() -> None:
@@ -16,4 +16,5 @@ def main() -> None:
     # torch.compile on a CPU-only machine logs "No CUDA runtime is found" at warning level:
     # noise for srq's users, whose device choice srq reports itself.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    raise_on_sigterm()
     app()

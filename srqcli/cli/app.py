@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
+import time
 from collections.abc import Callable
 from enum import Enum
 from typing import Annotated, Any
@@ -25,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # subcommands inherit it
 )
 out_console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -43,8 +46,26 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's time limit, ``docker stop``) as an exception.
+
+    A KeyboardInterrupt, so every clean-up that a Ctrl-C runs (temporary files, a fresh run's
+    folder) runs for it too, and no library's ``except Exception`` swallows it.
+    """
+
+
+def raise_on_sigterm() -> None:
+    """Turn SIGTERM into :class:`Terminated`: without it Python dies at once, silently, exit 143."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn :class:`SrqError` into a one-line message and exit code 2."""
+    """Turn :class:`SrqError` into a one-line message and exit code 2; an interruption (Ctrl-C,
+    SIGTERM) into one line and the shell's exit code for that signal (130, 143)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -54,16 +75,50 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:
+            # a job's Interrupted says what its run folder holds; its cause is the signal
+            terminated = isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated)
             what = str(exc) if isinstance(exc, Interrupted) else "partial outputs were not written"
-            err_console.print(f"[bold red]interrupted[/]: {what}", highlight=False, soft_wrap=True)
-            raise typer.Exit(130) from None
+            err_console.print(f"[bold red]{'terminated (SIGTERM)' if terminated else 'interrupted'}[/]: {what}",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(143 if terminated else 130) from None
 
     return wrapper
 
 
 def job_console(quiet: bool) -> Console:
-    """Where a job's progress and notes go: stderr, silent with ``--quiet`` (errors still show)."""
-    return Console(stderr=True, soft_wrap=True, quiet=quiet)
+    """Where a job's progress and notes go: stderr, silent with ``--quiet`` (errors still show).
+
+    Not on a terminal (a log file, CI) every line gets a timestamp: a log read later has no
+    live display to say when each epoch ended.
+    """
+    console = Console(stderr=True, soft_wrap=True, quiet=quiet)
+    if console.is_terminal:
+        return console
+    return Console(file=_TimestampedStderr(), soft_wrap=True, quiet=quiet)  # type: ignore[arg-type]
+
+
+class _TimestampedStderr:
+    """A text stream that writes to whatever ``sys.stderr`` is at each write (test runners swap
+    it) and starts every line with the date and time."""
+
+    def __init__(self) -> None:
+        self._at_line_start = True
+
+    def write(self, text: str) -> int:
+        pieces = []
+        for line in text.splitlines(keepends=True):
+            if self._at_line_start:
+                pieces.append(time.strftime("%Y-%m-%d %H:%M:%S "))
+            pieces.append(line)
+            self._at_line_start = line.endswith("\n")
+        sys.stderr.write("".join(pieces))
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return False
 
 
 class _StderrHandler(logging.Handler):

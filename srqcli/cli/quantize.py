@@ -20,8 +20,6 @@ from srqcli.cli.app import (
 from srqcli.config import Recipe, apply_overrides, load_recipe
 from srqcli.errors import SrqError
 from srqcli.methods.names import METHODS
-from srqcli.search.allocation import read_allocation
-from srqcli.train.distributed import is_main
 
 Method = Enum("Method", {m: m for m in METHODS}, type=str)
 
@@ -64,6 +62,8 @@ def quantize(
 ) -> None:
     """Quantize a pretrained model with SRQ + DropBits (or a baseline --method), fine-tune,
     evaluate and save it."""
+    from srqcli.search.allocation import read_allocation
+    from srqcli.train.distributed import is_main
     from srqcli.workflow.quantize import run_quantize
 
     base = load_recipe(recipe) if recipe else (load_recipe("example") if model == "example" else Recipe())
@@ -112,7 +112,9 @@ def print_quantize_summary(result: Any, cfg: Recipe) -> None:
     table.add_row("activation bits", "32", "/".join(map(str, acts)))
     table.add_row("size", _kib(s["float_bytes"]), f"{_kib(s['packed_bytes'])} ({s['compression']:.1f}× smaller)")
     out_console.print(table)
-    out_console.print(f"saved [bold]{result.out / 'model.safetensors'}[/] (+ metrics.json, recipe.toml, report.md, bits.png)")
+    # soft_wrap: one line in a log file too (Rich would break it at 80 columns there).
+    out_console.print(f"saved [bold]{result.out / 'model.safetensors'}[/] (+ metrics.json, recipe.toml, report.md, bits.png)",
+                      soft_wrap=True)
 
 
 def _kib(n: float) -> str:

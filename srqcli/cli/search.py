@@ -12,7 +12,6 @@ from rich.table import Table
 from srqcli.cli.app import Device, app, job_console, out_console, user_errors
 from srqcli.config import Recipe, apply_overrides, load_recipe
 from srqcli.errors import SrqError
-from srqcli.train.distributed import is_main
 
 
 class Strategy(str, Enum):
@@ -63,6 +62,7 @@ def search_bits(
     """Search each layer's weight bits under a budget; write an allocation for srq quantize --bit-config."""
     from srqcli.search.budget import parse_budget, parse_pins
     from srqcli.search.workflow import SearchConfig, load_search_recipe, run_search
+    from srqcli.train.distributed import is_main
 
     if recipe:
         base, search = load_search_recipe(recipe)

@@ -27,9 +27,9 @@ import torch
 from torch import Tensor
 
 from srqcli.core.grid import IntGrid
+from srqcli.core.names import VARIANTS  # noqa: F401  (callers read dropbits.VARIANTS)
 from srqcli.core.srq import default_window
 
-VARIANTS = ("top", "lsb", "mask")
 
 @dataclass(frozen=True)
 class DropBitsSample:

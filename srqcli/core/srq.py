@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-PI_MODES = ("detach", "diff", "centred")
+from srqcli.core.names import PI_MODES
 
 #: Smallest ``π_m`` used in a division. With ``σ ≤ α/2`` the mode's probability is never
 #: below ``sigmoid(1) − sigmoid(−1) ≈ 0.46``; the guard only matters for extreme inputs.

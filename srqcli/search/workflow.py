@@ -72,6 +72,7 @@ from srqcli.train.loop import (
 from srqcli.train.progress import Reporter
 from srqcli.workflow import rundir
 from srqcli.workflow.quantize import (
+    COMPILE_NOTE,
     Job,
     build_float_model,
     calibration_batches,
@@ -357,7 +358,8 @@ def _learned(job: Job, model: nn.Module, q: QuantConfig, budget: BudgetSpec, inp
     target = budget.value
     for epoch in range(start, epochs):
         loss, acc, exp_cost = _search_epoch(job, trainee, quantizers, cost, mult, optimizer,
-                                            scheduler, f"search {epoch + 1}/{epochs}")
+                                            scheduler, f"search {epoch + 1}/{epochs}",
+                                            first_step_note=COMPILE_NOTE if epoch == start else "")
         distributed.average_batchnorm_(model)
         val = _readout_eval(job, model, cfg.bn_reestimate_batches)
         ro = readout(quantizers)
@@ -367,7 +369,7 @@ def _learned(job: Job, model: nn.Module, q: QuantConfig, budget: BudgetSpec, inp
                   "budget": target, "lambda": mult.value,
                   "expected_bits": expected_bits(quantizers), "readout_bits": ro}
         history.append(record)
-        job.console.print(f"  epoch {epoch + 1}: loss {loss:.4f}, val top-1 {val.top1:.2f}% (read-out, BN re-estimated), "
+        job.console.print(f"search epoch {epoch + 1}/{epochs}: loss {loss:.4f}, val top-1 {val.top1:.2f}% (read-out, BN re-estimated), "
                           f"E[cost] {budget.describe(exp_cost)} vs budget {budget.describe()}, "
                           f"λ {mult.value:.3f}")
         distributed.on_main(partial(save_state, job.out / rundir.RESUME, {
@@ -415,8 +417,8 @@ def _readout_eval(job: Job, model: nn.Module, bn_batches: int) -> EvalMetrics:
 
 
 def _search_epoch(job: Job, model: nn.Module, quantizers: dict[str, GatedSRQQuantizer],
-                  cost: CostModel, mult: LagrangeMultiplier, optimizer, scheduler, label: str
-                  ) -> tuple[float, float, float]:
+                  cost: CostModel, mult: LagrangeMultiplier, optimizer, scheduler, label: str,
+                  first_step_note: str = "") -> tuple[float, float, float]:
     """One epoch of the search; returns (mean task loss, accuracy %, final E[cost]).
 
     The ordinary training step plus the budget term in the loss and, after every step, the
@@ -436,7 +438,8 @@ def _search_epoch(job: Job, model: nn.Module, quantizers: dict[str, GatedSRQQuan
         reporter=job.reporter, label=label,
         penalty=lambda: mult.term(expected_cost(cost, quantizers), target),
         after_step=update_multiplier,
-        note=lambda: f"E[cost] {exp_value:.4g}/{target:.4g} λ {mult.value:+.2f}")
+        note=lambda: f"E[cost] {exp_value:.4g}/{target:.4g} λ {mult.value:+.2f}",
+        first_step_note=first_step_note)
     return loss, acc, exp_value
 
 

@@ -164,21 +164,28 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
                 progress: EpochProgress | None = None,
                 after_step: Callable[[EpochProgress], None] | None = None,
                 penalty: Callable[[], Tensor] | None = None,
-                note: Callable[[], str] | None = None
+                note: Callable[[], str] | None = None,
+                first_step_note: str = ""
                 ) -> tuple[float, float, float, float]:
     """One pass over ``loader``; returns (mean task loss, accuracy %, images/s, seconds).
 
     ``before_step(fraction_of_epoch_done)`` lets the caller anneal schedules (DropBits rate)
     per step; ``after_step(progress)`` lets it checkpoint or update its own state. ``penalty()``
     is added to the task loss for the gradient only (the bit search's budget term), and
-    ``note()`` to the progress line. To continue an interrupted epoch, pass its saved
+    ``note()`` to the progress line; ``first_step_note`` is shown until the first step is done
+    (e.g. "compiling…": the first SRQ step of a process compiles its kernels for many seconds).
+
+    Images/s counts the steps after this pass's first: the first carries one-off costs (the
+    kernels' compilation, data-loader workers starting) that say nothing about the training
+    speed. ``seconds`` is the whole pass. To continue an interrupted epoch, pass its saved
     ``progress`` and a loader that yields only the remaining batches.
     """
     model.train()
     progress = progress or EpochProgress()
     total = len(loader)
     start = time.perf_counter() - progress.seconds
-    task = reporter.start(label, total) if reporter else None
+    task = reporter.start(label, total, note=first_step_note) if reporter else None
+    warm: tuple[int, float] | None = None  # (images, seconds) after this pass's first step
     if reporter and progress.step:
         reporter.progress.update(task, completed=progress.step)
     for images, labels in loader:
@@ -201,19 +208,24 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
         progress.correct += int((logits.argmax(1) == labels).sum())
         progress.seen += labels.numel()
         progress.seconds = time.perf_counter() - start
+        warm = warm or (progress.seen, progress.seconds)
         if after_step:
             after_step(progress)
         if reporter:
             reporter.advance(task, loss=progress.loss_sum / progress.seen,
-                             acc=100.0 * progress.correct / progress.seen, images=progress.seen,
-                             seconds=progress.seconds, note=note() if note else "")
+                             acc=100.0 * progress.correct / progress.seen,
+                             images=progress.seen - warm[0], seconds=progress.seconds - warm[1],
+                             note=note() if note else "")
     if reporter:
         reporter.finish(task)
     seconds = time.perf_counter() - start
-    loss_sum, correct, seen = distributed.sum_across([progress.loss_sum, progress.correct, progress.seen])
+    steady_images, steady_seconds = (progress.seen - warm[0], progress.seconds - warm[1]) \
+        if warm and progress.seen > warm[0] else (progress.seen, seconds)  # one step: the whole pass
+    loss_sum, correct, seen, steady_images = distributed.sum_across(
+        [progress.loss_sum, progress.correct, progress.seen, steady_images])
     if seen == 0:
         raise SrqError("the training split has fewer samples than one batch")
-    return loss_sum / seen, 100.0 * correct / seen, seen / seconds, seconds
+    return loss_sum / seen, 100.0 * correct / seen, steady_images / steady_seconds, seconds
 
 
 @torch.no_grad()
