@@ -73,6 +73,7 @@ from srqcli.nn.graph import (
 from srqcli.nn.layers import is_quant_layer
 
 LAYOUTS = ("qdq", "packed")
+_SHAPE_ARITHMETIC = (operator.getitem, operator.floordiv, operator.mul, operator.add, operator.sub)
 DEFAULT_OPSET = {"qdq": 19, "packed": 21}
 MIN_OPSET = {"qdq": 13, "packed": 21}
 INT2_OPSET = 25
@@ -182,7 +183,8 @@ class _Builder:
         self.inits: list[onnx.TensorProto] = []
         self.used: set[str] = {INPUT_NAME, OUTPUT_NAME}
         self.consts: dict[tuple, str] = {}
-        self.env: dict[fx.Node, str] = {}
+        self.env: dict[fx.Node, str | list[str]] = {}  # a list: the parts of a chunk
+        self.shape_nodes: set[fx.Node] = set()
         self.quantized_input: dict[fx.Node, str] = {}  # layer node → its quantized input (DQ name)
         # packed: no integer kernel can use INT4/INT2 weights, so quantizers stay at the layer
         # inputs, behind a float Clip (see quantize_act).
@@ -418,8 +420,22 @@ class _Builder:
         return self.linear(node, inputs, name)
 
     # -- everything else ---------------------------------------------------------------------
+    def is_shape_query(self, node: fx.Node) -> bool:
+        """``x.size()``, ``x.shape`` and integer arithmetic on them (a channel shuffle's
+        ``c // groups``): Python values at trace time, not tensors."""
+        if node.op == "call_method" and node.target == "size":
+            return True
+        if node.op != "call_function":
+            return False
+        if node.target is getattr:
+            return True
+        args = [a for a in node.args if isinstance(a, fx.Node)]
+        return node.target in _SHAPE_ARITHMETIC and bool(args) and all(a in self.shape_nodes for a in args)
+
     def value(self, a: Any) -> str:
         if isinstance(a, fx.Node):
+            if isinstance(self.env.get(a), list):
+                raise SrqError(f"cannot export {a.format_node()}: several tensors used as one")
             if a not in self.env:
                 raise SrqError(f"cannot export {a.format_node()}: its value is not a tensor "
                                "(dynamic shapes are not supported)")
@@ -440,6 +456,32 @@ class _Builder:
             if len(target) == 2:
                 return self.op("Flatten", [x], base, axis=1)
         return self.op("Reshape", [x, self.const(np.array(target, dtype=np.int64), "shape")], base)
+
+    def transpose(self, node: fx.Node, base: str) -> str:
+        """``x.transpose(a, b)`` (a channel shuffle) as an ONNX ``Transpose``."""
+        shape = self.traced.shape(node)
+        if shape is None:
+            raise SrqError(f"cannot export {node.format_node()}: unknown output shape")
+        rank = len(shape)
+        a, b = (int(node_arg(node, i, k, None)) % rank for i, k in ((1, "dim0"), (2, "dim1")))
+        perm = list(range(rank))
+        perm[a], perm[b] = perm[b], perm[a]
+        return self.op("Transpose", [self.value(node.args[0])], base, perm=perm)
+
+    def chunk(self, node: fx.Node, base: str) -> list[str]:
+        """``x.chunk(n, dim)`` as an ONNX ``Split``; its parts are taken by ``getitem``."""
+        src = node.args[0]
+        shape = self.traced.shape(src) if isinstance(src, fx.Node) else None
+        if shape is None:
+            raise SrqError(f"cannot export {node.format_node()}: unknown input shape")
+        parts, dim = int(node_arg(node, 1, "chunks", 1)), int(node_arg(node, 2, "dim", 0))
+        size = -(-shape[dim] // parts)  # torch.chunk: equal parts of ceil(n/parts), the last smaller
+        sizes = [min(size, shape[dim] - i * size) for i in range(parts) if shape[dim] - i * size > 0]
+        outs = [self.fresh(f"{base}.{i}") for i in range(len(sizes))]
+        name = self.fresh(f"{base}/Split") if self.layout == "qdq" else None
+        split = self.const(np.array(sizes, dtype=np.int64), "split")
+        self.nodes.append(helper.make_node("Split", [self.value(src), split], outs, name=name, axis=dim))
+        return outs
 
     def pool(self, node: fx.Node, kind: str, x: str, base: str, m: nn.Module | None) -> str:
         def pair(v: Any) -> list[int]:
@@ -544,6 +586,12 @@ class _Builder:
                 return self.op("Add", [self.value(node.args[0]), self.value(node.args[1])], base)
             if t in (operator.mul, operator.imul, torch.mul) or name in ("mul", "mul_"):
                 return self.op("Mul", [self.value(node.args[0]), self.value(node.args[1])], base)
+            if t is operator.getitem and isinstance(self.env.get(node.args[0]), list):
+                return self.env[node.args[0]][int(node.args[1])]  # one part of a chunk/split
+            if t is torch.transpose or name == "transpose":
+                return self.transpose(node, base)
+            if t is torch.chunk or name == "chunk":
+                return self.chunk(node, base)
             if t in (torch.cat, torch.concat):
                 tensors = node.args[0]
                 dim = int(node_arg(node, 1, "dim", 0))
@@ -589,8 +637,8 @@ class _Builder:
                 continue
             if node in self.absorbed:
                 continue
-            if (node.op == "call_method" and node.target == "size") or \
-                    (node.op == "call_function" and node.target is getattr):
+            if self.is_shape_query(node):
+                self.shape_nodes.add(node)
                 continue  # shape queries feed view/reshape, which use the traced static shape
             m = self.traced.module(node)
             name = str(node.target)

@@ -135,6 +135,27 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+class ShuffleNet(nn.Module):
+    """A ShuffleNet-V2 unit: chunk into two halves, a branch on one, concat, channel shuffle
+    (``size()`` arithmetic, ``view``, ``transpose``, ``contiguous``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.branch = nn.Sequential(nn.Conv2d(4, 4, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                                    nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(4))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        keep, work = x.chunk(2, dim=1)
+        x = torch.cat((keep, self.branch(work)), dim=1)
+        b, c, h, w = x.size()
+        x = x.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
 class MLP(nn.Module):
     """Linear layers only, with and without bias, ReLU and ReLU6."""
 
@@ -151,7 +172,8 @@ class MLP(nn.Module):
 pytestmark = pytest.mark.usefixtures("eager_srq")
 
 
-MODELS = {"plain": PlainNet, "bn": BNNet, "grouped": GroupNet, "residual": ResNet, "mlp": MLP}
+MODELS = {"plain": PlainNet, "bn": BNNet, "grouped": GroupNet, "residual": ResNet, "shuffle": ShuffleNet,
+          "mlp": MLP}
 
 
 def make(name: str, bits: int, per_channel: bool, seed: int = 0, act_bits: int | None = None,
