@@ -92,10 +92,7 @@ def search_bits(
         search["pins"] = parse_pins(pin)
     if "budget" not in search and not resume:
         raise SrqError("--budget is required, e.g. --budget avg-bits=3.0, size=1.5MB or bops=1.2G")
-    try:
-        scfg = SearchConfig(**search)
-    except TypeError as exc:
-        raise SrqError(f"bad [search] settings: {exc}") from None
+    scfg = SearchConfig(**search)  # keys: the flags above, or a [search] table already checked
     if not resume:
         scfg.validate()
     if out is None:
