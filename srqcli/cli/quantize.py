@@ -38,7 +38,7 @@ def quantize(
     first_last_bits: Annotated[Optional[int], typer.Option(help="Bits of the first and last layer (e.g. 8, the LSQ protocol).")] = None,
     output_bits: Annotated[Optional[int], typer.Option(help="Also quantize, in training, the layer outputs no quantizer reads (residual branches, a stem feeding a skip connection) to this many bits (8 recommended), so `srq export` runs every conv as an integer kernel and stays exact.")] = None,
     skip: Annotated[Optional[list[str]], typer.Option(help="Leave layers matching this pattern float (repeatable).")] = None,
-    bit_config: Annotated[Optional[Path], typer.Option(help="Per-layer bits TOML ([layers] \"name\" = {weight_bits=…}).")] = None,
+    bit_config: Annotated[Optional[Path], typer.Option(help="Per-layer bits TOML (\\[layers] \"name\" = {weight_bits=…}).")] = None,
     per_channel: Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help="Per-output-channel weight steps.")] = None,
     method: Annotated[Optional[Method], typer.Option(help="Quantizer: srq, or a baseline (rq, lsq, ste, slb, dq; DropBits is off for them).")] = None,
     dropbits: Annotated[Optional[DropBitsVariant], typer.Option(help="DropBits variant.")] = None,

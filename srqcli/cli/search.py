@@ -32,7 +32,7 @@ def search_bits(
     budget: Annotated[str | None, typer.Option("--budget", help="avg-bits=3.0 | size=1.5MB | bops=1.2G.")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="ImageFolder (train/, val/), IDX folder, or 'example'.")] = None,
     checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", help="Float weights: state_dict .pt/.pth, .safetensors or TorchScript.")] = None,
-    recipe: Annotated[str | None, typer.Option("--recipe", "-r", help="Recipe TOML or built-in name; may hold a [search] table.")] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", "-r", help="Recipe TOML or built-in name; may hold a \\[search] table.")] = None,
     min_bits: Annotated[int | None, typer.Option(help="Fewest weight bits a layer may get (default 2).")] = None,
     max_bits: Annotated[int | None, typer.Option(help="Most weight bits a layer may get (default 4).")] = None,
     pin: Annotated[list[str] | None, typer.Option(help="Fixed weight bits, e.g. 'conv1=8,fc=8' (repeatable).")] = None,
