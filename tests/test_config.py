@@ -173,3 +173,19 @@ def _toml_number(value: float) -> str:
 def test_numeric_recipe_key_at_the_edge_of_its_range_is_accepted(key, value):
     section, name = key.split(".")
     assert getattr(getattr(recipe_from_dict({section: {name: value}}), section), name) == value
+
+
+def test_a_search_recipe_is_named_for_srq_search_bits(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text('[search]\nbudget = "avg-bits=3"\n')
+    with pytest.raises(SrqError, match=r"has a \[search\] table: replay it with srq search-bits"):
+        load_recipe(str(p))
+
+
+def test_search_settings_round_trip_as_a_search_table():
+    from srqcli.search.workflow import SearchConfig
+
+    cfg = SearchConfig(budget="size=1.5MB", pins={"conv1": 8, "fc*": 4}, gate_init="budget")
+    data = tomllib.loads(to_toml(load_recipe("example"), cfg))
+    assert SearchConfig(**data.pop("search")) == cfg
+    assert recipe_from_dict(data) == load_recipe("example")

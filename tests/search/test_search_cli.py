@@ -199,6 +199,29 @@ def test_recipe_search_numbers_are_range_checked(tmp_path, float_ckpt, line, exp
                     str(recipe), "--epochs", "1", "--quiet", "--out", str(out)], out, expect)
 
 
+def test_saved_recipe_replays_the_search(tmp_path, float_ckpt):
+    """Before: the saved recipe had no [search] table and the replay failed with
+    "--budget is required" (issue 15)."""
+    from srqcli.config import to_toml
+
+    start = tmp_path / "start.toml"
+    start.write_text(to_toml(_recipe(float_ckpt)), encoding="utf-8")
+    first, replay = tmp_path / "first", tmp_path / "replay"
+    res = runner.invoke(app, ["search-bits", "lenet5", "--recipe", str(start), "--budget", "avg-bits=3.0",
+                              "--pin", "conv1=4", "--gate-lr", "0.05", "--max-bits", "5", "--quiet",
+                              "--out", str(first)])
+    assert res.exit_code == 0, res.output
+    saved = tomllib.loads((first / "recipe.toml").read_text(encoding="utf-8"))["search"]
+    assert saved["budget"] == "avg-bits=3.0" and saved["pins"] == {"conv1": 4}
+    res = runner.invoke(app, ["search-bits", "lenet5", "--recipe", str(first / "recipe.toml"), "--quiet",
+                              "--out", str(replay)])
+    assert res.exit_code == 0, res.output
+    assert (replay / "recipe.toml").read_text() == (first / "recipe.toml").read_text()
+    a, b = (json.loads((d / "search.json").read_text()) for d in (first, replay))
+    assert b["search"] == a["search"] and b["search"]["gate_lr"] == 0.05
+    assert b["allocation"] == a["allocation"]  # same settings, same seed: the same search
+
+
 def test_gate_init_budget_starts_the_search_on_the_budget(tmp_path, float_ckpt):
     # Gates and multiplier frozen: the expected cost stays where the search started it.
     cfg = SearchConfig(budget="avg-bits=3.0", gate_init="budget", gate_lr=0.0, lambda_lr=0.0,
