@@ -8,11 +8,14 @@ saved, fully resolved, next to every output so a run can be replayed with
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -318,14 +321,61 @@ def load_recipe(name_or_path: str) -> Recipe:
     return recipe_from_dict(data)
 
 
-def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
-    """Set dotted keys (``"quant.weight_bits"``) whose value is not ``None``; revalidate."""
+def apply_overrides(recipe: Recipe, overrides: dict[str, Any], origin: Path | None = None) -> Recipe:
+    """Set dotted keys (``"quant.weight_bits"``) whose value is not ``None``; revalidate.
+
+    ``origin``: the recipe file ``recipe`` was read from. A path it names and no flag replaces
+    must exist, and the error says it came from that file (a run's saved recipe outlives
+    the data or checkpoint it names).
+    """
     for dotted, value in overrides.items():
         if value is None:
             continue
         section, key = dotted.split(".")
         setattr(getattr(recipe, section), key, value)
+    if origin is not None:
+        check_saved_paths(recipe, origin, [k for k in PATH_FLAGS if overrides.get(k) is None])
     return recipe.validate()
+
+
+#: The recipe keys that hold a path, with the flag that replaces each.
+PATH_FLAGS = {"model.checkpoint": "--checkpoint", "data.source": "--data"}
+
+
+def _paths(recipe: Recipe, keys: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """``(key, path)`` of the set paths among ``keys`` (the built-in data name is no path)."""
+    from srqcli.data import EXAMPLE  # here: the data package is slow to import
+
+    for dotted in keys:
+        section, key = dotted.split(".")
+        value = getattr(getattr(recipe, section), key)
+        if value is not None and not (dotted == "data.source" and value == EXAMPLE):
+            yield dotted, value
+
+
+def with_absolute_paths(recipe: Recipe) -> Recipe:
+    """A copy whose checkpoint and data paths are absolute (``~`` expanded, symlinks kept).
+
+    A run saves its recipe (``recipe.toml``, the model file's metadata, the resume state);
+    with relative paths ``srq eval RUN`` from another directory would look in the wrong place.
+    """
+    resolved = copy.deepcopy(recipe)
+    for dotted, value in _paths(resolved, PATH_FLAGS):
+        section, key = dotted.split(".")
+        setattr(getattr(resolved, section), key, os.path.abspath(os.path.expanduser(value)))
+    return resolved
+
+
+def check_saved_paths(recipe: Recipe, origin: Path, keys: Iterable[str] = tuple(PATH_FLAGS), *,
+                      fix: str | None = None) -> None:
+    """Raise :class:`SrqError` naming ``origin`` when a path among ``keys`` does not exist.
+
+    ``fix`` says what to do; by default, the flag that replaces the path.
+    """
+    for dotted, value in _paths(recipe, keys):
+        if not Path(value).expanduser().exists():
+            raise SrqError(f"{dotted} {value} from the recipe in {origin} does not exist (moved?); "
+                           f"{fix or f'pass {PATH_FLAGS[dotted]} to use another'}")
 
 
 def to_toml(recipe: Recipe, search: Any | None = None) -> str:

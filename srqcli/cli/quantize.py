@@ -17,7 +17,7 @@ from srqcli.cli.app import (
     out_console,
     user_errors,
 )
-from srqcli.config import Recipe, apply_overrides, load_recipe
+from srqcli.config import Recipe, apply_overrides, load_recipe, resolve_recipe_path
 from srqcli.errors import SrqError
 from srqcli.methods.names import METHODS
 from srqcli.search.allocation import read_allocation
@@ -88,7 +88,7 @@ def quantize(
         "train.epochs": epochs, "train.lr": lr, "train.quant_lr": quant_lr, "train.seed": seed,
         "train.device": device.value if device else None,
         "train.checkpoint_every": checkpoint_every,
-    })
+    }, origin=resolve_recipe_path(recipe) if recipe else None)
     if out is None:
         out = Path("runs") / f"{cfg.model.arch}-w{cfg.quant.weight_bits}a{cfg.quant.act_bits}"
     result = run_quantize(cfg, out, resume=resume, overwrite=overwrite, trust_pickle=trust_pickle,

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from srqcli.cli.app import Device, app, job_console, out_console, user_errors
-from srqcli.config import Recipe, apply_overrides, load_recipe
+from srqcli.config import Recipe, apply_overrides, load_recipe, resolve_recipe_path
 from srqcli.errors import SrqError
 from srqcli.train.distributed import is_main
 
@@ -79,7 +79,7 @@ def search_bits(
         "data.strict": strict or None,
         "train.epochs": epochs, "train.lr": lr, "train.quant_lr": quant_lr, "train.seed": seed,
         "train.device": device.value if device else None,
-    })
+    }, origin=resolve_recipe_path(recipe) if recipe else None)
     if model == "example" and not recipe:
         cfg.dropbits.variant = "none"  # the search has its own gates on the DropBits levels
     for key, value in (("budget", budget), ("min_bits", min_bits), ("max_bits", max_bits),

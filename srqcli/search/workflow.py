@@ -37,9 +37,11 @@ from srqcli.config import (
     Range,
     Recipe,
     check_range,
+    check_saved_paths,
     fill_settings,
     recipe_from_dict,
     to_toml,
+    with_absolute_paths,
 )
 from srqcli.core.grid import MAX_BITS, MIN_BITS
 from srqcli.errors import SrqError
@@ -243,8 +245,10 @@ def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, overwrite: 
         recipe = recipe_from_dict(json.loads(state["recipe"]))
         cfg = SearchConfig(**json.loads(state["search"])).validate()
         console.print(f"[dim]resuming {out} after epoch {state['epoch']} with its saved settings[/]")
+        check_saved_paths(recipe, out / rundir.RESUME, fix="put it back to resume")  # flags cannot change it
     elif overwrite:
         distributed.on_main(lambda: rundir.clear(out))
+    recipe = with_absolute_paths(recipe)  # the saved recipe works from any directory
     started = time.perf_counter()
     budget = parse_budget(cfg.budget)
     weights = read_start_weights(recipe, trust_pickle=trust_pickle, job="search-bits starts from")
