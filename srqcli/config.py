@@ -8,10 +8,14 @@ saved, fully resolved, next to every output so a run can be replayed with
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import math
+import os
 import types
 import typing
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,10 +114,17 @@ class Recipe:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def validate(self) -> Recipe:
-        """Check value ranges; raises :class:`SrqError` naming the offending key."""
+        """Check value ranges; raises :class:`SrqError` naming the offending key.
+
+        Flags and recipe keys both end here (:func:`apply_overrides` revalidates), so one
+        table of ranges (:data:`RANGES`) covers ``--lr`` and ``train.lr`` alike: an
+        out-of-range number must fail in one line before any work, not as a library
+        traceback or a run that silently learns nothing (a negative ``quant_lr``).
+        """
+        for dotted, allowed in RANGES.items():
+            section, key = dotted.split(".")
+            check_range(dotted, getattr(getattr(self, section), key), allowed)
         q = self.quant
-        for key in ("weight_bits", "act_bits", "input_bits", "first_last_bits", "output_bits"):
-            _check_bits(f"quant.{key}", getattr(q, key))
         for pattern, bits in q.layers.items():
             if not isinstance(bits, dict):
                 raise SrqError(f"quant.layers.{pattern!r} must be a table like {{ weight_bits = 3 }}, "
@@ -124,22 +135,14 @@ class Recipe:
                 if not _type_ok(value, int):
                     raise SrqError(f"quant.layers.{pattern!r}.{key} must be a whole number of bits, "
                                    f"got {value!r}")
-                _check_bits(f"quant.layers.{pattern!r}.{key}", value)
+                check_range(f"quant.layers.{pattern!r}.{key}", value, BITS)
         if q.pi_mode not in PI_MODES:
             raise SrqError(f"quant.pi_mode must be one of {', '.join(PI_MODES)}, got {q.pi_mode!r}")
-        if q.window is not None and not 1 <= q.window <= 64:
-            raise SrqError(f"quant.window must be in 1..64, got {q.window}")
-        if not 0.05 <= q.sigma_init <= 0.5:
-            raise SrqError(f"quant.sigma_init must be in [0.05, 0.5] (σ/α), got {q.sigma_init}")
-        # Above α/2 the default edge window (w ≤ 5, core.srq.default_window) loses accuracy.
-        if not 0.05 < q.sigma_max <= 0.5 or q.sigma_max < q.sigma_init:
-            raise SrqError(f"quant.sigma_max must be in (0.05, 0.5] and at least quant.sigma_init "
-                           f"({q.sigma_init}), got {q.sigma_max}")
+        if q.sigma_max < q.sigma_init:
+            raise SrqError(f"quant.sigma_max must be at least quant.sigma_init ({q.sigma_init}), "
+                           f"got {q.sigma_max}")
         if q.method not in METHODS:
             raise SrqError(f"quant.method must be one of {', '.join(METHODS)}, got {q.method!r}")
-        for key in ("temperature_start", "temperature_end"):
-            if getattr(q, key) is not None and not getattr(q, key) > 0:
-                raise SrqError(f"quant.{key} must be positive, got {getattr(q, key)}")
         if q.method == "dq" and q.per_channel:
             raise SrqError("quant.per_channel is not supported with method dq (one level set per tensor)")
         d = self.dropbits
@@ -148,8 +151,6 @@ class Recipe:
         if q.method != "srq" and d.variant != "none":
             raise SrqError(f"DropBits is part of SRQ: with quant.method = {q.method!r} set "
                            "dropbits.variant = \"none\" (--no-dropbits)")
-        if not 0.0 <= d.rate < 1.0:
-            raise SrqError(f"dropbits.rate must be in [0, 1), got {d.rate}")
         t = self.train
         if t.optimizer not in ("adam", "sgd"):
             raise SrqError(f"train.optimizer must be adam or sgd, got {t.optimizer!r}")
@@ -157,21 +158,85 @@ class Recipe:
             raise SrqError(f"train.schedule must be cosine or constant, got {t.schedule!r}")
         if t.device not in ("auto", "cpu", "cuda"):
             raise SrqError(f"train.device must be auto, cpu or cuda, got {t.device!r}")
-        if t.checkpoint_every < 0 or t.checkpoint_minutes < 0:
-            raise SrqError("train.checkpoint_every and train.checkpoint_minutes must not be negative "
-                           "(0 turns either off)")
-        for key, value in (("train.epochs", t.epochs), ("data.batch_size", self.data.batch_size),
-                           ("data.calib_batches", self.data.calib_batches)):
-            if value < (0 if key == "train.epochs" else 1):
-                raise SrqError(f"{key} must be positive, got {value}")
         if self.version != RECIPE_VERSION:
             raise SrqError(f"recipe version {self.version} is not supported (this srq reads version {RECIPE_VERSION})")
         return self
 
 
-def _check_bits(key: str, value: int | None) -> None:
-    if value is not None and not MIN_BITS <= value <= MAX_BITS:
-        raise SrqError(f"{key} must be between {MIN_BITS} and {MAX_BITS} bits, got {value}")
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: ``low``..``high``, either end open or closed.
+
+    Infinity and NaN are never in a range (TOML and ``--lr nan`` can both spell them).
+    """
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def describe(self) -> str:
+        if self.high == math.inf:
+            if self.low_open:
+                return "positive" if self.low == 0 else f"above {self.low:g}"
+            return f"at least {self.low:g}"
+        if isinstance(self.low, int) and isinstance(self.high, int):  # a closed range of counts
+            return f"between {self.low} and {self.high}"
+        return (f"in {'(' if self.low_open else '['}{self.low:g}, "
+                f"{self.high:g}{')' if self.high_open else ']'}")
+
+
+def check_range(key: str, value: float | None, allowed: Range) -> None:
+    """Raise :class:`SrqError` naming ``key`` when ``value`` (``None``: unset) is outside ``allowed``."""
+    if value is not None and not allowed.holds(value):
+        raise SrqError(f"{key} must be {allowed.describe()}, got {value}")
+
+
+BITS = Range(MIN_BITS, MAX_BITS)
+#: A learning rate: 0 freezes the parameters (an ablation); above 10 no optimiser srq uses
+#: trains, so a larger value is a typo.
+LEARNING_RATE = Range(0.0, 10.0)
+COUNT, POSITIVE_COUNT = Range(0), Range(1)
+#: The range of every numeric recipe key (``None`` values mean "unset" and are not checked).
+RANGES: dict[str, Range] = {
+    "model.num_classes": Range(2),
+    "model.in_channels": POSITIVE_COUNT,
+    "model.pretrain_epochs": COUNT,
+    "model.pretrain_lr": Range(0.0, 10.0, low_open=True),  # 0 would "train" a random model
+    "data.image_size": POSITIVE_COUNT,
+    "data.resize_size": POSITIVE_COUNT,
+    "data.batch_size": POSITIVE_COUNT,
+    "data.workers": COUNT,
+    "data.calib_batches": POSITIVE_COUNT,
+    "data.train_limit": POSITIVE_COUNT,
+    "data.val_limit": POSITIVE_COUNT,
+    **{f"quant.{key}": BITS for key in ("weight_bits", "act_bits", "input_bits", "output_bits",
+                                        "first_last_bits")},
+    "quant.window": Range(1, 64),
+    "quant.sigma_init": Range(0.05, 0.5),  # σ/α
+    # Above α/2 the default edge window (w ≤ 5, core.srq.default_window) loses accuracy.
+    "quant.sigma_max": Range(0.05, 0.5, low_open=True),
+    "quant.temperature_start": Range(0.0, low_open=True),
+    "quant.temperature_end": Range(0.0, low_open=True),
+    "dropbits.rate": Range(0.0, 1.0, high_open=True),  # 1 would drop every level
+    "dropbits.anneal_epochs": COUNT,
+    "dropbits.bn_reestimate_batches": COUNT,  # 0: skip
+    "train.epochs": COUNT,  # 0: calibration only (post-training quantization)
+    "train.lr": LEARNING_RATE,
+    "train.quant_lr": LEARNING_RATE,
+    "train.momentum": Range(0.0, 1.0, high_open=True),
+    "train.weight_decay": Range(0.0, 1.0, high_open=True),
+    "train.seed": Range(0, 2**32 - 1),  # numpy's seed range
+    "train.checkpoint_every": COUNT,  # 0: by time only
+    "train.checkpoint_minutes": Range(0.0),  # 0: only steps / epoch ends
+}
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
@@ -192,7 +257,9 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return isinstance(value, annotation)
 
 
-def _fill(obj: Any, data: dict[str, Any], prefix: str) -> None:
+def fill_settings(obj: Any, data: dict[str, Any], prefix: str) -> None:
+    """Set ``obj``'s dataclass fields from a TOML table, naming any unknown key or wrong type
+    (with ``prefix``, e.g. ``"search."``); nested tables fill nested dataclasses."""
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in data.items():
@@ -203,7 +270,7 @@ def _fill(obj: Any, data: dict[str, Any], prefix: str) -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise SrqError(f"recipe key {path!r} must be a table")
-            _fill(current, value, f"{path}.")
+            fill_settings(current, value, f"{path}.")
             continue
         if not _type_ok(value, hints[key]):
             raise SrqError(f"recipe key {path!r} has the wrong type: got {type(value).__name__} "
@@ -220,7 +287,7 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     if not isinstance(data, dict):
         raise SrqError(f"a recipe must be a table of settings, got {type(data).__name__}")
     recipe = Recipe()
-    _fill(recipe, data, "")
+    fill_settings(recipe, data, "")
     return recipe.validate()
 
 
@@ -247,39 +314,91 @@ def load_recipe(name_or_path: str) -> Recipe:
         raise SrqError(f"recipe {path} is not valid TOML: {exc}") from exc
     except OSError as exc:
         raise SrqError(f"cannot read recipe {path}: {exc.strerror or exc}") from exc
+    if "search" in data:  # a search run's saved recipe (to_toml's search table)
+        raise SrqError(f"recipe {path} has a [search] table: replay it with srq search-bits "
+                       "--recipe (srq quantize takes no search settings)")
     return recipe_from_dict(data)
 
 
-def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
-    """Set dotted keys (``"quant.weight_bits"``) whose value is not ``None``; revalidate."""
+def apply_overrides(recipe: Recipe, overrides: dict[str, Any], origin: Path | None = None) -> Recipe:
+    """Set dotted keys (``"quant.weight_bits"``) whose value is not ``None``; revalidate.
+
+    ``origin``: the recipe file ``recipe`` was read from. A path it names and no flag replaces
+    must exist, and the error says it came from that file (a run's saved recipe outlives
+    the data or checkpoint it names).
+    """
     for dotted, value in overrides.items():
         if value is None:
             continue
         section, key = dotted.split(".")
         setattr(getattr(recipe, section), key, value)
+    if origin is not None:
+        check_saved_paths(recipe, origin, [k for k in PATH_FLAGS if overrides.get(k) is None])
     return recipe.validate()
 
 
-def to_toml(recipe: Recipe) -> str:
-    """Serialise a recipe as TOML (the subset of types recipes use)."""
+#: The recipe keys that hold a path, with the flag that replaces each.
+PATH_FLAGS = {"model.checkpoint": "--checkpoint", "data.source": "--data"}
+
+
+def _paths(recipe: Recipe, keys: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """``(key, path)`` of the set paths among ``keys`` (the built-in data name is no path)."""
+    from srqcli.data import EXAMPLE  # here: the data package is slow to import
+
+    for dotted in keys:
+        section, key = dotted.split(".")
+        value = getattr(getattr(recipe, section), key)
+        if value is not None and not (dotted == "data.source" and value == EXAMPLE):
+            yield dotted, value
+
+
+def with_absolute_paths(recipe: Recipe) -> Recipe:
+    """A copy whose checkpoint and data paths are absolute (``~`` expanded, symlinks kept).
+
+    A run saves its recipe (``recipe.toml``, the model file's metadata, the resume state);
+    with relative paths ``srq eval RUN`` from another directory would look in the wrong place.
+    """
+    resolved = copy.deepcopy(recipe)
+    for dotted, value in _paths(resolved, PATH_FLAGS):
+        section, key = dotted.split(".")
+        setattr(getattr(resolved, section), key, os.path.abspath(os.path.expanduser(value)))
+    return resolved
+
+
+def check_saved_paths(recipe: Recipe, origin: Path, keys: Iterable[str] = tuple(PATH_FLAGS), *,
+                      fix: str | None = None) -> None:
+    """Raise :class:`SrqError` naming ``origin`` when a path among ``keys`` does not exist.
+
+    ``fix`` says what to do; by default, the flag that replaces the path.
+    """
+    for dotted, value in _paths(recipe, keys):
+        if not Path(value).expanduser().exists():
+            raise SrqError(f"{dotted} {value} from the recipe in {origin} does not exist (moved?); "
+                           f"{fix or f'pass {PATH_FLAGS[dotted]} to use another'}")
+
+
+def to_toml(recipe: Recipe, search: Any | None = None) -> str:
+    """Serialise a recipe as TOML (the subset of types recipes use).
+
+    ``search``, a search run's settings (a dataclass), becomes a ``[search]`` table: with it the
+    saved recipe replays the search (``srq search-bits ARCH --recipe RUN/recipe.toml``).
+    """
     lines = [f"version = {recipe.version}"]
-    for section in ("model", "data", "quant", "dropbits", "train"):
-        obj = getattr(recipe, section)
+    sections = [(name, getattr(recipe, name)) for name in ("model", "data", "quant", "dropbits", "train")]
+    for section, obj in sections + ([("search", search)] if search is not None else []):
         lines.append(f"\n[{section}]")
         tables: list[str] = []
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             if value is None:
                 continue
-            if isinstance(value, dict):
-                for pattern, bits in value.items():
-                    inner = ", ".join(f"{k} = {v}" for k, v in bits.items())
-                    tables.append(f"{json.dumps(pattern)} = {{ {inner} }}")
+            if isinstance(value, dict):  # a sub-table (quant.layers, search.pins), after the keys
+                if value:
+                    tables.append(f"\n[{section}.{f.name}]")
+                    tables.extend(f"{json.dumps(key)} = {_toml_value(v)}" for key, v in value.items())
                 continue
             lines.append(f"{f.name} = {_toml_value(value)}")
-        if tables:
-            lines.append(f"\n[{section}.layers]")
-            lines.extend(tables)
+        lines.extend(tables)
     return "\n".join(lines) + "\n"
 
 
@@ -292,4 +411,6 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table of bare keys: { weight_bits = 3 }
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")

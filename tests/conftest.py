@@ -7,6 +7,7 @@ import errno
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,6 +96,27 @@ def full_disk(monkeypatch):
         monkeypatch.setattr(Path, "open", open_)
 
     return install
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An MNIST-style IDX file of a uint8 array."""
+    magic = 2048 + array.ndim
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_digits_idx(folder: Path, n_train: int = 200, n_val: int = 60) -> Path:
+    """The first digits of the built-in example as an IDX data folder (real images, 28×28)."""
+    from srqcli.data.example import NATURAL_SIZE, _digits
+
+    images, labels = _digits(NATURAL_SIZE)
+    pixels = (images[:, 0] * 255).round().to(torch.uint8).numpy()
+    splits = {"train": slice(0, n_train), "t10k": slice(n_train, n_train + n_val)}
+    folder.mkdir(parents=True)
+    for split, rows in splits.items():
+        (folder / f"{split}-images-idx3-ubyte").write_bytes(idx_bytes(pixels[rows]))
+        (folder / f"{split}-labels-idx1-ubyte").write_bytes(idx_bytes(labels[rows].numpy()))
+    return folder
 
 
 def leftovers(folder: Path) -> list[Path]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import tomllib
 
@@ -111,3 +113,79 @@ def test_recipe_must_be_a_table():
     # e.g. the recipe JSON inside a damaged model file
     with pytest.raises(SrqError, match="a recipe must be a table of settings, got list"):
         recipe_from_dict([1, 2])
+
+
+# One value outside the allowed range for every numeric recipe key (issue 15: --quant-lr -1 ran
+# to a silent 10% top-1, --lr -1 was a traceback). The table must name every numeric field.
+OUT_OF_RANGE = [
+    ("model.num_classes", 1), ("model.in_channels", 0), ("model.pretrain_epochs", -1),
+    ("model.pretrain_lr", 0.0), ("model.pretrain_lr", 11.0),
+    ("data.image_size", 0), ("data.resize_size", -4), ("data.batch_size", 0), ("data.workers", -1),
+    ("data.calib_batches", 0), ("data.train_limit", 0), ("data.val_limit", -1),
+    ("quant.weight_bits", 9), ("quant.act_bits", 1), ("quant.input_bits", 0),
+    ("quant.output_bits", 16), ("quant.first_last_bits", 1), ("quant.window", 0),
+    ("quant.window", 65), ("quant.sigma_init", 0.01), ("quant.sigma_max", 0.75),
+    ("quant.temperature_start", -1.0), ("quant.temperature_end", float("inf")),
+    ("dropbits.rate", -0.1), ("dropbits.rate", 1.0), ("dropbits.anneal_epochs", -1),
+    ("dropbits.bn_reestimate_batches", -1),
+    ("train.epochs", -1), ("train.lr", -1.0), ("train.lr", float("nan")), ("train.quant_lr", -1.0),
+    ("train.quant_lr", 100.0), ("train.momentum", 1.0), ("train.momentum", -0.5),
+    ("train.weight_decay", -1e-4), ("train.seed", -1), ("train.seed", 2**32),
+    ("train.checkpoint_every", -1), ("train.checkpoint_minutes", -1.0),
+    ("train.checkpoint_minutes", float("inf")),
+]
+
+
+def _numeric_keys() -> set[str]:
+    import typing
+
+    keys = set()
+    for section in ("model", "data", "quant", "dropbits", "train"):
+        obj = getattr(Recipe(), section)
+        for name, hint in typing.get_type_hints(type(obj)).items():
+            if {int, float} & ({hint} | set(typing.get_args(hint))):
+                keys.add(f"{section}.{name}")
+    return keys
+
+
+def test_every_numeric_recipe_key_is_range_checked():
+    assert {key for key, _ in OUT_OF_RANGE} == _numeric_keys()
+
+
+@pytest.mark.parametrize("key,value", OUT_OF_RANGE, ids=lambda v: str(v))
+def test_numeric_recipe_key_out_of_range_is_named(tmp_path, key, value):
+    section, name = key.split(".")
+    p = tmp_path / "r.toml"
+    p.write_text(f"[{section}]\n{name} = {_toml_number(value)}\n")
+    with pytest.raises(SrqError, match=rf"^{re.escape(key)} must be .*, got "):
+        load_recipe(str(p))
+
+
+def _toml_number(value: float) -> str:
+    return {"nan": "nan", "inf": "inf"}.get(str(value), repr(value))
+
+
+@pytest.mark.parametrize("key,value", [
+    ("train.lr", 0.0), ("train.quant_lr", 10.0), ("train.epochs", 0), ("dropbits.rate", 0.0),
+    ("train.momentum", 0.0), ("train.seed", 2**32 - 1), ("data.workers", 0),
+    ("train.checkpoint_minutes", 0.0), ("model.num_classes", 2), ("quant.window", 64),
+])
+def test_numeric_recipe_key_at_the_edge_of_its_range_is_accepted(key, value):
+    section, name = key.split(".")
+    assert getattr(getattr(recipe_from_dict({section: {name: value}}), section), name) == value
+
+
+def test_a_search_recipe_is_named_for_srq_search_bits(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text('[search]\nbudget = "avg-bits=3"\n')
+    with pytest.raises(SrqError, match=r"has a \[search\] table: replay it with srq search-bits"):
+        load_recipe(str(p))
+
+
+def test_search_settings_round_trip_as_a_search_table():
+    from srqcli.search.workflow import SearchConfig
+
+    cfg = SearchConfig(budget="size=1.5MB", pins={"conv1": 8, "fc*": 4}, gate_init="budget")
+    data = tomllib.loads(to_toml(load_recipe("example"), cfg))
+    assert SearchConfig(**data.pop("search")) == cfg
+    assert recipe_from_dict(data) == load_recipe("example")

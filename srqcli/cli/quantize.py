@@ -17,7 +17,7 @@ from srqcli.cli.app import (
     out_console,
     user_errors,
 )
-from srqcli.config import Recipe, apply_overrides, load_recipe
+from srqcli.config import Recipe, apply_overrides, load_recipe, resolve_recipe_path
 from srqcli.errors import SrqError
 from srqcli.methods.names import METHODS
 
@@ -36,7 +36,7 @@ def quantize(
     first_last_bits: Annotated[Optional[int], typer.Option(help="Bits of the first and last layer (e.g. 8, the LSQ protocol).")] = None,
     output_bits: Annotated[Optional[int], typer.Option(help="Also quantize, in training, the layer outputs no quantizer reads (residual branches, a stem feeding a skip connection) to this many bits (8 recommended), so `srq export` runs every conv as an integer kernel and stays exact.")] = None,
     skip: Annotated[Optional[list[str]], typer.Option(help="Leave layers matching this pattern float (repeatable).")] = None,
-    bit_config: Annotated[Optional[Path], typer.Option(help="Per-layer bits TOML ([layers] \"name\" = {weight_bits=…}).")] = None,
+    bit_config: Annotated[Optional[Path], typer.Option(help="Per-layer bits TOML (\\[layers] \"name\" = {weight_bits=…}).")] = None,
     per_channel: Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help="Per-output-channel weight steps.")] = None,
     method: Annotated[Optional[Method], typer.Option(help="Quantizer: srq, or a baseline (rq, lsq, ste, slb, dq; DropBits is off for them).")] = None,
     dropbits: Annotated[Optional[DropBitsVariant], typer.Option(help="DropBits variant.")] = None,
@@ -88,7 +88,7 @@ def quantize(
         "train.epochs": epochs, "train.lr": lr, "train.quant_lr": quant_lr, "train.seed": seed,
         "train.device": device.value if device else None,
         "train.checkpoint_every": checkpoint_every,
-    })
+    }, origin=resolve_recipe_path(recipe) if recipe else None)
     if out is None:
         out = Path("runs") / f"{cfg.model.arch}-w{cfg.quant.weight_bits}a{cfg.quant.act_bits}"
     result = run_quantize(cfg, out, resume=resume, overwrite=overwrite, trust_pickle=trust_pickle,

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from srqcli.cli.app import Device, app, job_console, out_console, user_errors
-from srqcli.config import Recipe, apply_overrides, load_recipe
+from srqcli.config import Recipe, apply_overrides, load_recipe, resolve_recipe_path
 from srqcli.errors import SrqError
 
 
@@ -31,7 +31,7 @@ def search_bits(
     budget: Annotated[str | None, typer.Option("--budget", help="avg-bits=3.0 | size=1.5MB | bops=1.2G.")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="ImageFolder (train/, val/), IDX folder, or 'example'.")] = None,
     checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", help="Float weights: state_dict .pt/.pth, .safetensors or TorchScript.")] = None,
-    recipe: Annotated[str | None, typer.Option("--recipe", "-r", help="Recipe TOML or built-in name; may hold a [search] table.")] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", "-r", help="Recipe TOML or built-in name; may hold a \\[search] table.")] = None,
     min_bits: Annotated[int | None, typer.Option(help="Fewest weight bits a layer may get (default 2).")] = None,
     max_bits: Annotated[int | None, typer.Option(help="Most weight bits a layer may get (default 4).")] = None,
     pin: Annotated[list[str] | None, typer.Option(help="Fixed weight bits, e.g. 'conv1=8,fc=8' (repeatable).")] = None,
@@ -79,7 +79,7 @@ def search_bits(
         "data.strict": strict or None,
         "train.epochs": epochs, "train.lr": lr, "train.quant_lr": quant_lr, "train.seed": seed,
         "train.device": device.value if device else None,
-    })
+    }, origin=resolve_recipe_path(recipe) if recipe else None)
     if model == "example" and not recipe:
         cfg.dropbits.variant = "none"  # the search has its own gates on the DropBits levels
     for key, value in (("budget", budget), ("min_bits", min_bits), ("max_bits", max_bits),
@@ -92,10 +92,7 @@ def search_bits(
         search["pins"] = parse_pins(pin)
     if "budget" not in search and not resume:
         raise SrqError("--budget is required, e.g. --budget avg-bits=3.0, size=1.5MB or bops=1.2G")
-    try:
-        scfg = SearchConfig(**search)
-    except TypeError as exc:
-        raise SrqError(f"bad [search] settings: {exc}") from None
+    scfg = SearchConfig(**search)  # keys: the flags above, or a [search] table already checked
     if not resume:
         scfg.validate()
     if out is None:

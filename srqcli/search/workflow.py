@@ -4,7 +4,8 @@ Run folder (``--out``)::
 
     OUT/bits.toml             the allocation: srq quantize --bit-config OUT/bits.toml
     OUT/search.json           budget, allocation, costs, history (expected cost, λ per epoch)
-    OUT/recipe.toml           the resolved recipe (weights/quantizer settings of the search)
+    OUT/recipe.toml           the resolved recipe with its [search] table: replay with
+                              srq search-bits ARCH --recipe OUT/recipe.toml
     OUT/report.{json,md}, bits.png   bit-allocation report with the budget line
     OUT/checkpoints/last.pt   search state after every epoch (--resume continues from it)
     OUT/float.safetensors     the float start, when srq trained it (--pretrain-epochs)
@@ -30,7 +31,18 @@ from rich.console import Console
 from torch import nn
 
 from srqcli import __version__
-from srqcli.config import QuantConfig, Recipe, recipe_from_dict, to_toml
+from srqcli.config import (
+    LEARNING_RATE,
+    QuantConfig,
+    Range,
+    Recipe,
+    check_range,
+    check_saved_paths,
+    fill_settings,
+    recipe_from_dict,
+    to_toml,
+    with_absolute_paths,
+)
 from srqcli.core.grid import MAX_BITS, MIN_BITS, portable_weight_bits
 from srqcli.errors import SrqError
 from srqcli.io.atomic import write_text_atomic
@@ -115,6 +127,7 @@ class SearchConfig:
     knapsack_cells: int = 20000
 
     def validate(self) -> SearchConfig:
+        """Check value ranges and names; raises :class:`SrqError` naming the setting."""
         for key in ("min_bits", "max_bits", "act_bits"):
             v = getattr(self, key)
             if v is not None and not MIN_BITS <= v <= MAX_BITS:
@@ -129,11 +142,21 @@ class SearchConfig:
         if self.gate_init != "budget" and not (isinstance(self.gate_init, (int, float))
                                                 and 0.0 < self.gate_init < 1.0):
             raise SrqError(f"gate_init must be in (0, 1) or \"budget\", got {self.gate_init!r}")
-        for key in ("gate_lr", "lambda_lr", "penalty"):
-            if getattr(self, key) < 0:
-                raise SrqError(f"{key} must not be negative")
+        for key, allowed in SEARCH_RANGES.items():
+            check_range(f"search.{key}", getattr(self, key), allowed)
         parse_budget(self.budget)
         return self
+
+
+#: The range of every numeric :class:`SearchConfig` setting but the bits (checked above).
+SEARCH_RANGES: dict[str, Range] = {
+    "gate_lr": LEARNING_RATE,
+    "lambda_lr": Range(0.0),  # in cost units per step: no upper bound fits every budget kind
+    "penalty": Range(0.0),
+    "sensitivity_batches": Range(1),
+    "bn_reestimate_batches": Range(0),  # 0: skip
+    "knapsack_cells": Range(1),
+}
 
 
 @dataclass
@@ -219,6 +242,8 @@ def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, trust_pickl
         recipe = recipe_from_dict(json.loads(state["recipe"]))
         cfg = SearchConfig(**json.loads(state["search"])).validate()
         console.print(f"[dim]resuming {out} after epoch {state['epoch']} with its saved settings[/]")
+        check_saved_paths(recipe, out / rundir.RESUME, fix="put it back to resume")  # flags cannot change it
+    recipe = with_absolute_paths(recipe)  # the saved recipe works from any directory
     started = time.perf_counter()
     budget = parse_budget(cfg.budget)
     weights = read_start_weights(recipe, trust_pickle=trust_pickle, job="search-bits starts from")
@@ -236,7 +261,7 @@ def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, trust_pickl
         _structural_cost(model, q, budget, input_shape, cfg, pins).check_feasible(
             cfg.min_bits, cfg.max_bits, pins)
         recipe.quant = dataclasses.replace(q, layers={})
-        distributed.on_main(lambda: write_text_atomic(out / rundir.RECIPE, to_toml(recipe)))
+        distributed.on_main(lambda: write_text_atomic(out / rundir.RECIPE, to_toml(recipe, cfg)))
         model, float_metrics = float_start(job, model)
         if cfg.strategy == "sensitivity":
             model, plan, _cost, alloc, history, ro, metrics = _sensitivity(
@@ -465,8 +490,5 @@ def load_search_recipe(name_or_path: str) -> tuple[Recipe, dict[str, Any]]:
     search = data.pop("search", {})
     if not isinstance(search, dict):
         raise SrqError(f"recipe {path}: [search] must be a table")
-    known = {f.name for f in dataclasses.fields(SearchConfig)}
-    for key in search:
-        if key not in known:
-            raise SrqError(f"unknown recipe key 'search.{key}' (known: {', '.join(sorted(known))})")
+    fill_settings(SearchConfig(), search, "search.")  # unknown keys and wrong types, named
     return recipe_from_dict(data), search

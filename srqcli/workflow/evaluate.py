@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from torch import nn
 
+from srqcli.config import check_saved_paths
 from srqcli.data import DataSpec, load_datasets, make_loaders
 from srqcli.errors import SrqError
 from srqcli.io.checkpoint import load_into, read_state_dict
@@ -72,6 +73,8 @@ def run_eval(target: str, *, data: str | None, checkpoint: str | None = None,
         from srqcli.export.artifacts import read_info
 
         info = read_info(path)
+    if data is None and info is not None:
+        check_saved_paths(info.recipe, path, ["data.source"])
     source = data or (info.recipe.data.source if info else None)
     if source is None:
         raise SrqError("pass --data DIR (an ImageFolder or IDX folder, or 'example')")

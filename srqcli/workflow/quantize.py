@@ -16,7 +16,7 @@ from rich.console import Console
 from torch import nn
 
 from srqcli import __version__
-from srqcli.config import QuantConfig, Recipe, to_toml
+from srqcli.config import QuantConfig, Recipe, check_saved_paths, to_toml, with_absolute_paths
 from srqcli.data import DatasetBundle, DataSpec, load_datasets, make_loaders
 from srqcli.errors import SrqError
 from srqcli.io.atomic import write_text_atomic
@@ -396,6 +396,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, trust_pickle: bool, console: C
         what = "float pre-training" if state.get("phase") == FLOAT_PHASE else "srq training"
         console.print(f"[dim]resuming {out}: {what} at epoch {state['epoch'] + 1}, step "
                       f"{state['progress']['step']}, with its saved recipe[/]")
+        check_saved_paths(recipe, out / rundir.RESUME, fix="put it back to resume")  # flags cannot change it
+    recipe = with_absolute_paths(recipe)  # the saved recipe works from any directory
     started = time.perf_counter()
     weights = read_start_weights(recipe, trust_pickle=trust_pickle, job="quantizes")
     with Reporter(console, enabled=show_progress) as reporter:

@@ -68,6 +68,26 @@ def test_bits_out_of_range(tmp_path, flag, value):
                    "between 2 and 8")
 
 
+@pytest.mark.parametrize("flag,value,expect", [
+    ("--lr", "-1", "train.lr must be in [0, 10], got -1.0"),
+    ("--quant-lr", "-1", "train.quant_lr must be in [0, 10], got -1.0"),
+    ("--lr", "nan", "train.lr must be in [0, 10], got nan"),
+    ("--drop-rate", "1.5", "dropbits.rate must be in [0, 1), got 1.5"),
+    ("--epochs", "-1", "train.epochs must be at least 0, got -1"),
+    ("--batch-size", "0", "data.batch_size must be at least 1, got 0"),
+    ("--workers", "-1", "data.workers must be at least 0, got -1"),
+    ("--calib-batches", "0", "data.calib_batches must be at least 1, got 0"),
+    ("--pretrain-epochs", "-2", "model.pretrain_epochs must be at least 0, got -2"),
+    ("--num-classes", "0", "model.num_classes must be at least 2, got 0"),
+    ("--checkpoint-every", "-5", "train.checkpoint_every must be at least 0, got -5"),
+    ("--seed", "-1", "train.seed must be between 0 and 4294967295, got -1"),
+])
+def test_numeric_option_out_of_range(tmp_path, flag, value, expect):
+    """Before: --lr -1 was a torch traceback and --quant-lr -1 a silent 10% run (issue 15)."""
+    out = tmp_path / "run"
+    _fails_cleanly(["quantize", "example", "--out", str(out), *QUICK, flag, value], out, expect)
+
+
 def test_empty_data_folder(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

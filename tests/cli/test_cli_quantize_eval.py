@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+from conftest import write_digits_idx
 from typer.testing import CliRunner
 
 from srqcli.cli import app
+from srqcli.config import load_recipe
+from srqcli.models import build_model
 
 runner = CliRunner()
 
@@ -54,3 +58,35 @@ def test_version_and_recipes():
     assert res.exit_code == 0 and res.stdout.startswith("srq ")
     res = runner.invoke(app, ["recipes"])
     assert res.exit_code == 0 and "example" in res.stdout
+
+
+@pytest.mark.usefixtures("eager_srq")
+def test_saved_paths_are_absolute_and_a_missing_one_names_the_recipe(tmp_path, monkeypatch):
+    """Before: a run kept ``source = "digits"`` and ``checkpoint = "m/state_dict.pt"``, so
+    ``srq eval RUN`` from another directory failed, without saying the path came from the run."""
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    data = write_digits_idx(here / "digits")
+    (here / "m").mkdir()
+    torch.save(build_model("lenet5", 10, 1).state_dict(), here / "m" / "state_dict.pt")
+    elsewhere.mkdir()
+    monkeypatch.chdir(here)
+    res = runner.invoke(app, ["quantize", "lenet5", "--data", "digits", "-c", "m/state_dict.pt",
+                              "--epochs", "1", "--out", "run", "--quiet"])
+    assert res.exit_code == 0, res.output
+    saved = load_recipe(str(here / "run" / "recipe.toml"))
+    assert (saved.data.source, saved.model.checkpoint) == (str(data), str(here / "m" / "state_dict.pt"))
+
+    monkeypatch.chdir(elsewhere)
+    ev = runner.invoke(app, ["eval", "../here/run", "--json", "--quiet"])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(ev.stdout)["images"] == 60
+
+    data.rename(here / "moved")
+    for args, origin in ((["eval", "../here/run"], "../here/run/model.safetensors"),
+                         (["quantize", "lenet5", "--recipe", "../here/run/recipe.toml", "--out", "again"],
+                          "../here/run/recipe.toml")):
+        res = runner.invoke(app, [*args, "--quiet"])
+        assert res.exit_code == 2, res.output
+        assert res.stderr.strip() == (f"error: data.source {data} from the recipe in {origin} does not "
+                                      "exist (moved?); pass --data to use another")
+    assert not (elsewhere / "again").exists()

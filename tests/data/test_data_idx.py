@@ -9,16 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import idx_bytes
+
 from srqcli.data import DataSpec, load_datasets
 from srqcli.errors import SrqError
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    magic = 2048 + array.ndim
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
 
 
 def write_idx_dataset(

@@ -173,6 +173,57 @@ def test_bad_input_one_line_errors(tmp_path, float_ckpt):
     _fails_cleanly([*base, "--out", str(out)], out, "--budget is required")
 
 
+@pytest.mark.parametrize("flag,value,expect", [
+    ("--lr", "-1", "train.lr must be in [0, 10], got -1.0"),
+    ("--quant-lr", "-1", "train.quant_lr must be in [0, 10], got -1.0"),
+    ("--gate-lr", "-0.5", "search.gate_lr must be in [0, 10], got -0.5"),
+    ("--lambda-lr", "nan", "search.lambda_lr must be at least 0, got nan"),
+    ("--calib-batches", "0", "data.calib_batches must be at least 1, got 0"),
+])
+def test_numeric_flag_out_of_range(tmp_path, float_ckpt, flag, value, expect):
+    out = tmp_path / "r"
+    _fails_cleanly(["search-bits", "lenet5", "--data", "example", "-c", float_ckpt, "--epochs", "1",
+                    "--budget", "avg-bits=3", "--quiet", "--out", str(out), flag, value], out, expect)
+
+
+@pytest.mark.parametrize("line,expect", [
+    ('gate_lr = "fast"', "recipe key 'search.gate_lr' has the wrong type"),
+    ("knapsack_cells = 0", "search.knapsack_cells must be at least 1, got 0"),
+    ("sensitivity_batches = -3", "search.sensitivity_batches must be at least 1, got -3"),
+    ("penalty = -1.0", "search.penalty must be at least 0, got -1.0"),
+    ("bn_reestimate_batches = -1", "search.bn_reestimate_batches must be at least 0, got -1"),
+])
+def test_recipe_search_numbers_are_range_checked(tmp_path, float_ckpt, line, expect):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[search]\nbudget = "avg-bits=3"\n{line}\n', encoding="utf-8")
+    out = tmp_path / "r"
+    _fails_cleanly(["search-bits", "lenet5", "--data", "example", "-c", float_ckpt, "--recipe",
+                    str(recipe), "--epochs", "1", "--quiet", "--out", str(out)], out, expect)
+
+
+def test_saved_recipe_replays_the_search(tmp_path, float_ckpt):
+    """Before: the saved recipe had no [search] table and the replay failed with
+    "--budget is required" (issue 15)."""
+    from srqcli.config import to_toml
+
+    start = tmp_path / "start.toml"
+    start.write_text(to_toml(_recipe(float_ckpt)), encoding="utf-8")
+    first, replay = tmp_path / "first", tmp_path / "replay"
+    res = runner.invoke(app, ["search-bits", "lenet5", "--recipe", str(start), "--budget", "avg-bits=3.0",
+                              "--pin", "conv1=4", "--gate-lr", "0.05", "--max-bits", "5", "--quiet",
+                              "--out", str(first)])
+    assert res.exit_code == 0, res.output
+    saved = tomllib.loads((first / "recipe.toml").read_text(encoding="utf-8"))["search"]
+    assert saved["budget"] == "avg-bits=3.0" and saved["pins"] == {"conv1": 4}
+    res = runner.invoke(app, ["search-bits", "lenet5", "--recipe", str(first / "recipe.toml"), "--quiet",
+                              "--out", str(replay)])
+    assert res.exit_code == 0, res.output
+    assert (replay / "recipe.toml").read_text() == (first / "recipe.toml").read_text()
+    a, b = (json.loads((d / "search.json").read_text()) for d in (first, replay))
+    assert b["search"] == a["search"] and b["search"]["gate_lr"] == 0.05
+    assert b["allocation"] == a["allocation"]  # same settings, same seed: the same search
+
+
 def test_gate_init_budget_starts_the_search_on_the_budget(tmp_path, float_ckpt):
     # Gates and multiplier frozen: the expected cost stays where the search started it.
     cfg = SearchConfig(budget="avg-bits=3.0", gate_init="budget", gate_lr=0.0, lambda_lr=0.0,

@@ -146,3 +146,16 @@ def test_resume_rejects_incomplete_checkpoint(tmp_path):
 def test_checkpoint_settings_are_validated():
     with pytest.raises(SrqError, match="checkpoint_every"):
         quick_recipe(train__checkpoint_every=-1)
+
+
+def test_resume_names_its_checkpoint_when_the_saved_data_path_is_gone(tmp_path):
+    out, gone = tmp_path / "run", tmp_path / "moved-away"
+    (out / "checkpoints").mkdir(parents=True)
+    state = {key: None for key in qmod.RESUME_KEYS}
+    state.update({"format": qmod.RESUME_FORMAT, "epoch": 0, "progress": {"step": 3},
+                  "recipe": quick_recipe(data__source=str(gone)).to_json()})
+    torch.save(state, out / rundir.RESUME)
+    with pytest.raises(SrqError) as info:
+        run_quantize(quick_recipe(), out, resume=True, show_progress=False)
+    assert str(info.value) == (f"data.source {gone} from the recipe in {out / rundir.RESUME} does not "
+                               "exist (moved?); put it back to resume")
