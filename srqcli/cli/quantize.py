@@ -26,7 +26,8 @@ Method = Enum("Method", {m: m for m in METHODS}, type=str)
 @app.command()
 @user_errors
 def quantize(
-    model: Annotated[str, typer.Argument(help="Architecture (resnet20, lenet5, resnet18, mobilenet_v2, …) or 'example' for the built-in demo.")],
+    model: Annotated[str, typer.Argument(help="A weights file (state_dict .pt/.pth/.safetensors or TorchScript: the architecture is read from it), an architecture name (resnet20, lenet5, resnet18, mobilenet_v2, … with -c), or 'example' for the built-in demo.")],
+    arch: Annotated[Optional[str], typer.Option(help="Architecture of a MODEL weights file (default: found from its tensor names and shapes).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Float weights: state_dict .pt/.pth, .safetensors or TorchScript.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="ImageFolder (train/, val/), IDX folder, or 'example'.")] = None,
     recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe TOML file or built-in name (srq recipes).")] = None,
@@ -66,9 +67,17 @@ def quantize(
     from srqcli.train.distributed import is_main
     from srqcli.workflow.quantize import run_quantize
 
+    from srqcli.workflow.model_source import resolve_model
+
     base = load_recipe(recipe) if recipe else (load_recipe("example") if model == "example" else Recipe())
+    source = None
     if model != "example":
-        base.model.arch = model
+        source = resolve_model(model, checkpoint=checkpoint, arch=arch, trust_pickle=trust_pickle)
+        base.model.arch, checkpoint = source.arch, source.checkpoint
+        base.model.in_channels = source.in_channels or base.model.in_channels
+        num_classes = num_classes or source.num_classes
+    elif arch is not None:
+        raise SrqError("--arch names the architecture of a MODEL weights file; the example has its own")
     layers = read_allocation(bit_config) if bit_config else None
     if no_dropbits and dropbits not in (None, DropBitsVariant.none):
         raise SrqError(f"--no-dropbits contradicts --dropbits {dropbits.value}")
@@ -91,8 +100,11 @@ def quantize(
     }, origin=resolve_recipe_path(recipe) if recipe else None)
     if out is None:
         out = Path("runs") / f"{cfg.model.arch}-w{cfg.quant.weight_bits}a{cfg.quant.act_bits}"
+    console = job_console(quiet)
+    if source is not None and source.note:
+        console.print(source.note, highlight=False, soft_wrap=True)
     result = run_quantize(cfg, out, resume=resume, overwrite=overwrite, trust_pickle=trust_pickle,
-                          console=job_console(quiet), show_progress=not quiet)
+                          console=console, show_progress=not quiet)
     if is_main():  # under torchrun the other processes stay quiet
         print_quantize_summary(result, cfg)
 

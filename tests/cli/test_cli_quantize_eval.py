@@ -90,3 +90,30 @@ def test_saved_paths_are_absolute_and_a_missing_one_names_the_recipe(tmp_path, m
         assert res.stderr.strip() == (f"error: data.source {data} from the recipe in {origin} does not "
                                       "exist (moved?); pass --data to use another")
     assert not (elsewhere / "again").exists()
+
+
+@pytest.mark.slow
+def test_quantize_a_weights_file_without_naming_its_architecture(tmp_path):
+    """``srq quantize model.pt``: the architecture comes from the file (one line says so), the
+    file is the checkpoint; ``--arch`` names it instead; weights given twice, or a file that
+    matches nothing, are one-line errors that write nothing."""
+    torch.manual_seed(0)
+    weights = tmp_path / "model.pt"
+    torch.save(build_model("lenet5", 10, 1).state_dict(), weights)
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["quantize", str(weights), "--data", "example", "--epochs", "0",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert f"model: {weights} is a state_dict of lenet5 (10 classes, 1 input channels)" in res.output
+    assert (out / "model.safetensors").is_file()
+    res = runner.invoke(app, ["quantize", str(weights), "--arch", "lenet5", "--data", "example",
+                              "--epochs", "0", "--out", str(tmp_path / "named")])
+    assert res.exit_code == 0 and "architecture lenet5 (--arch)" in res.output, res.output
+    res = runner.invoke(app, ["quantize", str(weights), "-c", str(weights), "--data", "example",
+                              "--out", str(tmp_path / "twice")])
+    assert res.exit_code == 2 and "pass the weights once" in res.output
+    other = tmp_path / "other.pt"
+    torch.save({"features.weight": torch.zeros(4, 1, 3, 3), "head.weight": torch.zeros(10, 4)}, other)
+    res = runner.invoke(app, ["quantize", str(other), "--data", "example", "--out", str(tmp_path / "no")])
+    assert res.exit_code == 2 and "matches no built-in or torchvision classifier" in res.output
+    assert not (tmp_path / "twice").exists() and not (tmp_path / "no").exists()
