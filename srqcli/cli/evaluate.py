@@ -14,7 +14,8 @@ from srqcli.cli.app import Device, app, job_console, out_console, user_errors
 @app.command("eval")
 @user_errors
 def eval_command(
-    target: Annotated[str, typer.Argument(help="Run folder, srq .safetensors file, or an architecture name (with --checkpoint).")],
+    target: Annotated[str, typer.Argument(help="Run folder, srq .safetensors or .onnx file, a float weights file (state_dict or TorchScript: the architecture is read from it), or an architecture name (with --checkpoint).")],
+    arch: Annotated[Optional[str], typer.Option(help="Architecture of a float weights file (default: found from its tensor names and shapes).")] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="Dataset (default: the one the run used).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Float weights for an architecture name.")] = None,
     num_classes: Annotated[Optional[int], typer.Option(help="Classes (default: from the data).")] = None,
@@ -32,7 +33,7 @@ def eval_command(
     res = run_eval(target, data=data, checkpoint=checkpoint, num_classes=num_classes,
                    batch_size=batch_size, workers=workers, device=device.value,
                    trust_pickle=trust_pickle, strict=strict, console=job_console(quiet),
-                   show_progress=not quiet)
+                   show_progress=not quiet, arch=arch)
     m = res.metrics
     if as_json:
         out_console.print_json(json.dumps({"target": res.target, "kind": res.kind, "data": res.data,

@@ -111,21 +111,26 @@ def save_model(path: str | os.PathLike, model: nn.Module, info: ModelInfo) -> No
     save_safetensors_atomic(tensors, path, info.metadata())
 
 
-def is_quantized_model_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an srq *quantized* model file (safetensors with srq metadata).
-
-    Damaged or foreign files answer ``False``: the caller's ordinary loader reports them.
-    """
+def srq_format(path: str | os.PathLike) -> str | None:
+    """The srq file format (``srq.quantized``, ``srq.float``, ``srq.packed``) of a safetensors
+    file, or ``None`` for any other file. Damaged or foreign files answer ``None``: the caller's
+    ordinary loader reports them."""
     p = Path(path)
     if p.suffix.lower() != ".safetensors" or not p.is_file():
-        return False
+        return None
     try:
         from safetensors import safe_open
 
         with safe_open(str(p), framework="pt") as f:
-            return (f.metadata() or {}).get("format") == QUANTIZED
+            fmt = (f.metadata() or {}).get("format")
     except (SafetensorError, OSError, ValueError):
-        return False
+        return None
+    return fmt if isinstance(fmt, str) and fmt.startswith("srq.") else None
+
+
+def is_quantized_model_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an srq *quantized* model file (safetensors with srq metadata)."""
+    return srq_format(path) == QUANTIZED
 
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:

@@ -12,11 +12,12 @@ from srqcli.config import check_saved_paths
 from srqcli.data import DataSpec, load_datasets, make_loaders
 from srqcli.errors import SrqError
 from srqcli.io.checkpoint import load_into, read_state_dict
-from srqcli.io.quantized import ModelInfo
+from srqcli.io.quantized import ModelInfo, srq_format
 from srqcli.models import build_model
 from srqcli.train.loop import EvalMetrics, evaluate, resolve_device
 from srqcli.train.progress import Reporter
 from srqcli.workflow import rundir
+from srqcli.workflow.model_source import resolve_model
 
 
 @dataclass
@@ -64,10 +65,23 @@ def load_target(target: str, path: Path | None, *, checkpoint: str | None,
 def run_eval(target: str, *, data: str | None, checkpoint: str | None = None,
              num_classes: int | None = None, batch_size: int = 256, workers: int = 0,
              device: str = "auto", trust_pickle: bool = False, strict: bool = False,
-             console: Console | None = None, show_progress: bool = True) -> EvalResult:
-    """Evaluate ``target`` on the held-out split of ``data`` (defaults to the run's data)."""
+             console: Console | None = None, show_progress: bool = True,
+             arch: str | None = None) -> EvalResult:
+    """Evaluate ``target`` on the held-out split of ``data`` (defaults to the run's data).
+
+    A weights file srq did not write (a state_dict or TorchScript) is the float model it holds:
+    its architecture comes from ``arch`` or from the file (:mod:`srqcli.workflow.model_source`).
+    """
     console = console or Console(stderr=True)
     path = resolve_target(target)
+    if path is not None and path.suffix.lower() != ".onnx" and srq_format(path) is None:
+        source = resolve_model(str(path), checkpoint=checkpoint, arch=arch, trust_pickle=trust_pickle)
+        console.print(source.note, highlight=False, soft_wrap=True)
+        target, path, checkpoint = source.arch, None, source.checkpoint
+        num_classes = num_classes or source.num_classes
+    elif arch is not None:
+        raise SrqError("--arch names the architecture of a plain weights file; "
+                       f"{target} names its own")
     info: ModelInfo | None = None
     if path is not None and path.suffix in (".safetensors", ".onnx"):
         from srqcli.export.artifacts import read_info

@@ -117,3 +117,16 @@ def test_quantize_a_weights_file_without_naming_its_architecture(tmp_path):
     res = runner.invoke(app, ["quantize", str(other), "--data", "example", "--out", str(tmp_path / "no")])
     assert res.exit_code == 2 and "matches no built-in or torchvision classifier" in res.output
     assert not (tmp_path / "twice").exists() and not (tmp_path / "no").exists()
+
+
+def test_eval_of_a_plain_weights_file(tmp_path):
+    """``srq eval model.pt`` evaluates the float model the file holds (it used to say "not a
+    valid safetensors file"); ``--arch`` names the architecture instead."""
+    torch.manual_seed(0)
+    weights = tmp_path / "model.pt"
+    torch.save(build_model("lenet5", 10, 1).state_dict(), weights)
+    res = runner.invoke(app, ["eval", str(weights), "--data", "example", "--json", "-q"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output[res.output.index("{"):])["images"] == 360
+    res = runner.invoke(app, ["eval", str(weights), "--arch", "resnet20", "--data", "example"])
+    assert res.exit_code == 2 and "error:" in res.output and "Traceback" not in res.output, res.output
