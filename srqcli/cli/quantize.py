@@ -114,7 +114,7 @@ def print_quantize_summary(result: Any, cfg: Recipe) -> None:
     table = Table(title=f"srq quantize: {cfg.model.arch} on {cfg.data.source}", show_header=True)
     table.add_column("")
     table.add_column("float", justify="right")
-    table.add_column("srq", justify="right")
+    table.add_column(cfg.quant.method, justify="right")  # the method that ran: srq, lsq, …
     f, q = result.float_metrics, result.quant_metrics
     table.add_row("top-1 (val)", f"{f.top1:.2f}%", f"{q.top1:.2f}%")
     table.add_row("top-5 (val)", f"{f.top5:.2f}%", f"{q.top5:.2f}%")

@@ -17,6 +17,8 @@ QUICK = ["--epochs", "1", "--pretrain-epochs", "4", "--bits", "3", "--quiet"]
 def quantize(out, method: str):
     res = runner.invoke(app, ["quantize", "example", "--method", method, "--out", str(out), *QUICK])
     assert res.exit_code == 0, res.output
+    header = next(line for line in res.stdout.splitlines() if "float" in line and "┃" in line)
+    assert header.split("┃")[-2].strip() == method  # the summary names what ran
     return json.loads((out / "metrics.json").read_text())
 
 
