@@ -28,6 +28,7 @@ Method = Enum("Method", {m: m for m in METHODS}, type=str)
 def quantize(
     model: Annotated[str, typer.Argument(help="A weights file (state_dict .pt/.pth/.safetensors or TorchScript: the architecture is read from it), an architecture name (resnet20, lenet5, resnet18, mobilenet_v2, … with -c), or 'example' for the built-in demo.")],
     arch: Annotated[Optional[str], typer.Option(help="Architecture of a MODEL weights file (default: found from its tensor names and shapes).")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="torchvision pretrained weights of the MODEL architecture (e.g. IMAGENET1K_V1, DEFAULT), from torch's hub cache.")] = None,
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Float weights: state_dict .pt/.pth, .safetensors or TorchScript.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="ImageFolder (train/, val/), IDX folder, or 'example'.")] = None,
     recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe TOML file or built-in name (srq recipes).")] = None,
@@ -71,6 +72,13 @@ def quantize(
 
     base = load_recipe(recipe) if recipe else (load_recipe("example") if model == "example" else Recipe())
     source = None
+    if weights is not None:
+        from srqcli.models.weights import cached_weights_file
+
+        if checkpoint is not None or model == "example":
+            raise SrqError("--weights takes the weights of a torchvision architecture name; "
+                           "pass either --weights or -c, with an architecture name as MODEL")
+        checkpoint = str(cached_weights_file(model, weights))
     if model != "example":
         source = resolve_model(model, checkpoint=checkpoint, arch=arch, trust_pickle=trust_pickle)
         base.model.arch, checkpoint = source.arch, source.checkpoint
