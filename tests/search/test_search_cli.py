@@ -259,3 +259,14 @@ def test_closing_hint_is_a_command_that_works_as_printed(tmp_path, float_ckpt):
     assert tuned.exit_code == 0, tuned.output
     assert (tmp_path / "search-tuned" / "model.safetensors").is_file()
     assert f"fine-tune: {command}" in (out / "bits.toml").read_text()
+
+
+@pytest.mark.parametrize("spelling", ["avg-bits=3.0", "avg_weight_bits=3.0"])
+def test_budget_takes_its_own_grammar_and_the_reports(tmp_path, float_ckpt, spelling):
+    """search-bits reads srq report's budget spelling too (one grammar for both commands)."""
+    out = tmp_path / "search"
+    res = runner.invoke(app, ["search-bits", "lenet5", "--data", "example", "-c", float_ckpt,
+                              "--budget", spelling, "--strategy", "sensitivity", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    budget = read_report(out / "report.json").budget
+    assert budget.kind == "avg_weight_bits" and budget.value == 3.0
