@@ -279,3 +279,14 @@ def test_export_keeps_the_folders_report(run_dir, tmp_path):
     for name, stat in before.items():
         now = (run / name).stat()
         assert (now.st_ino, now.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), name
+
+
+def test_exporting_one_model_twice_gives_identical_files(run_dir, tmp_path):
+    """Packed safetensors (metadata in a fixed order) and ONNX: equal models, equal hashes."""
+    for fmt, name in (("safetensors", "m.packed.safetensors"), ("onnx", "m.onnx")):
+        blobs = set()
+        for i in range(3):
+            out = tmp_path / str(i) / name
+            assert _invoke("export", str(run_dir), "-f", fmt, "--out", str(out), "--no-verify").exit_code == 0
+            blobs.add(out.read_bytes())
+        assert len(blobs) == 1, fmt
