@@ -79,6 +79,7 @@ from srqcli.workflow.quantize import (
     calibration_batches,
     float_start,
     read_start_weights,
+    warn_if_short_of_space,
 )
 from srqcli.workflow.resume import load_state, save_state
 
@@ -244,6 +245,7 @@ def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, trust_pickl
     with Reporter(console, enabled=show_progress) as reporter:
         job = Job(recipe, out, console, reporter)
         model = build_float_model(recipe, job.data, weights).to(job.device)
+        distributed.on_main(lambda: warn_if_short_of_space(console, out, model, float_copy=weights is None))
         input_shape = (job.data.in_channels, job.data.image_size, job.data.image_size)
         names = [n for n, _ in quantizable_layers(model)]
         pins = check_pins(cfg.pins, names)

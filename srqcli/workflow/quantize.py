@@ -425,6 +425,14 @@ def check_resume(out: Path, requested: Recipe, flags: Mapping[str, str]) -> str 
     return None
 
 
+def warn_if_short_of_space(console: Console, out: Path, model: nn.Module, *, float_copy: bool) -> None:
+    """Warn at the start of a job whose outputs may not fit on ``out``'s file system."""
+    need = rundir.expected_bytes(sum(p.numel() for p in model.parameters()), float_copy=float_copy)
+    warning = rundir.space_warning(out, need)
+    if warning:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
 def _recipe_value(recipe: Recipe, key: str) -> Any:
     section, name = key.split(".")
     return getattr(getattr(recipe, section), name)
@@ -461,6 +469,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, trust_pickle: bool, console: C
     with Reporter(console, enabled=show_progress) as reporter:
         job = Job(recipe, out, console, reporter)
         model = build_float_model(recipe, job.data, weights).to(job.device)
+        distributed.on_main(lambda: warn_if_short_of_space(console, out, model, float_copy=weights is None))
         distributed.on_main(lambda: write_text_atomic(out / rundir.RECIPE, to_toml(recipe)))
         # A pre-training checkpoint continues the float training; an SRQ one, the quantized.
         float_state = state if state is not None and state.get("phase") == FLOAT_PHASE else None
