@@ -110,14 +110,15 @@ def quantize(
 
 
 def apply_flags(base: Recipe, overrides: dict[str, Any], flags: dict[str, str]) -> Recipe:
-    """:func:`apply_overrides`, with an error about a value the user typed naming the flag
-    (``--bits must be between 2 and 8 bits``) rather than the recipe key it sets."""
+    """:func:`apply_overrides`, with an error about a value the user typed starting with the
+    flag they typed (``--bits: quant.weight_bits must be between 2 and 8``): the recipe key
+    alone does not say which of ``--bits``, ``--weight-bits`` or the recipe set it."""
     try:
         return apply_overrides(base, overrides)
     except SrqError as exc:
         key = str(exc).split(" ", 1)[0]
         if key in flags:
-            raise SrqError(flags[key] + str(exc)[len(key):]) from None
+            raise SrqError(f"{flags[key]}: {exc}") from None
         raise
 
 

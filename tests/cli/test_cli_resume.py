@@ -54,9 +54,14 @@ def test_resume_of_a_finished_run_says_so_and_rewrites_nothing(finished_run: Pat
     assert files(finished_run) == before
 
 
-def test_bits_error_names_the_flag_typed(tmp_path: Path) -> None:
-    for flag, shown in (("--bits", "--bits"), ("--act-bits", "--act-bits")):
-        result = runner.invoke(app, ["quantize", "example", flag, "1", "--out", str(tmp_path / "r")])
-        assert result.exit_code == 2, result.output
-        assert result.stderr.strip() == f"error: {shown} must be between 2 and 8 bits, got 1"
+@pytest.mark.parametrize("args, says", [
+    (["--bits", "1"], "--bits: quant.weight_bits must be between 2 and 8"),
+    (["--bits", "4", "--act-bits", "9"], "--act-bits: quant.act_bits must be between 2 and 8"),
+    (["--weight-bits", "1"], "--weight-bits: quant.weight_bits must be between 2 and 8"),
+])
+def test_bits_error_names_the_flag_typed(tmp_path: Path, args: list[str], says: str) -> None:
+    result = runner.invoke(app, ["quantize", "example", *args, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert line.startswith(f"error: {says}") and "\n" not in line, line
     assert not (tmp_path / "r").exists()

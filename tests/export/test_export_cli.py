@@ -226,7 +226,7 @@ def test_eval_warns_about_an_onnx_file_that_breaks_the_pair_bound(run_dir, tmp_p
     onnx.save(proto, str(out))
     res = _invoke("eval", str(out), "--data", "example")
     assert res.exit_code == 0, res.output
-    warnings = [line for line in res.output.splitlines() if "warning:" in line]  # may follow a timestamp
+    warnings = [line for line in res.output.splitlines() if "warning:" in line]  # after a timestamp
     assert len(warnings) == 1 and "layer conv1" in warnings[0] and "AVX2" in warnings[0], res.output
 
 
