@@ -86,7 +86,8 @@ def quantize(
          act_bits if act_bits is not None else bits),
         ("quant.first_last_bits", "--first-last-bits", first_last_bits),
         ("quant.output_bits", "--output-bits", output_bits), ("quant.skip", "--skip", skip or None),
-        ("quant.per_channel", "--per-channel/--per-tensor", per_channel), ("quant.layers", "--bit-config", layers),
+        ("quant.per_channel", "--per-channel" if per_channel else "--per-tensor", per_channel),
+        ("quant.layers", "--bit-config", layers),
         ("quant.method", "--method", method.value if method else None),
         ("dropbits.variant", "--no-dropbits" if no_dropbits else ("--dropbits" if dropbits else "--method"), variant),
         ("dropbits.rate", "--drop-rate", drop_rate),
@@ -101,7 +102,8 @@ def quantize(
     if resume:
         finished = check_resume(out, cfg, flags)
         if finished:
-            out_console.print(finished, highlight=False, soft_wrap=True)
+            if is_main():
+                out_console.print(finished, highlight=False, soft_wrap=True)
             return
     result = run_quantize(cfg, out, resume=resume, overwrite=overwrite, trust_pickle=trust_pickle,
                           console=job_console(quiet), show_progress=not quiet)
