@@ -67,6 +67,8 @@ def quantize(
     from srqcli.workflow.quantize import check_resume, run_quantize
 
     base = load_recipe(recipe) if recipe else (load_recipe("example") if model == "example" else Recipe())
+    if model != "example":
+        base.model.arch = model
     layers = read_allocation(bit_config) if bit_config else None
     if no_dropbits and dropbits not in (None, DropBitsVariant.none):
         raise SrqError(f"--no-dropbits contradicts --dropbits {dropbits.value}")
@@ -74,7 +76,6 @@ def quantize(
         else (dropbits.value if dropbits else None)
     # (recipe key, the flag that set it, value): errors and --resume name the flag the user typed
     settings = [
-        ("model.arch", "the MODEL argument", None if model == "example" else model),
         ("model.checkpoint", "--checkpoint", checkpoint), ("model.num_classes", "--num-classes", num_classes),
         ("model.pretrain_epochs", "--pretrain-epochs", pretrain_epochs),
         ("data.source", "--data", data), ("data.batch_size", "--batch-size", batch_size),
@@ -96,6 +97,8 @@ def quantize(
         ("train.checkpoint_every", "--checkpoint-every", checkpoint_every),
     ]
     flags = {key: flag for key, flag, value in settings if value is not None}
+    if model != "example":
+        flags["model.arch"] = "the MODEL argument"
     cfg = apply_flags(base, {key: value for key, _, value in settings}, flags)
     if out is None:
         out = Path("runs") / f"{cfg.model.arch}-w{cfg.quant.weight_bits}a{cfg.quant.act_bits}"
