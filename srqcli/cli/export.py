@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 
 from srqcli.cli.app import app, err_console, out_console, user_errors
+
+if TYPE_CHECKING:
+    from srqcli.export.workflow import ExportResult
 
 
 @app.command("export")
@@ -36,34 +40,60 @@ def export_command(
     if as_json:
         out_console.print_json(json.dumps(res.to_dict()))
         return
+    _print_verification(res)
     what = f"ONNX ({res.layout}, opset {res.opset})" if res.format == "onnx" else "packed safetensors"
     out_console.print(f"wrote {res.path} ({what}, {res.bytes / 1024:,.1f} KiB)", highlight=False)
+    if res.report is not None:
+        written = ", ".join(p.name for p in (res.report.json, res.report.markdown, res.report.chart) if p)
+        out_console.print(f"bit-allocation report: {written} in {res.report.json.parent} "
+                          f"(srq report {res.path} prints it)", highlight=False)
+
+
+# What each row of the ONNX check runs and compares with, in words (srqcli.export.verify).
+_RUNS = {"disabled": "unoptimised", "default": "fused"}
+_AGAINST = {"pytorch": "PyTorch", "integer-reference": "integer ref.*"}
+
+
+def _print_verification(res: ExportResult) -> None:
+    """The check that ran before the artifact was written: PASS (a failure never gets here:
+    it is an error and nothing is written) or that nothing was checked."""
+    v = res.verify
     if res.details.get("requantized"):
         out_console.print(f"requantized {len(res.details['requantized'])} float layer outputs to int8 "
                           "(--requant: faster, not bit-exact)", highlight=False)
-    v = res.verify
     if v is None:
         out_console.print("[yellow]not verified[/] (--no-verify)")
     elif res.format == "safetensors":
-        out_console.print(f"verified: reloaded model reproduces the outputs exactly on {v['images']} images")
+        out_console.print(f"[green]PASS[/]: the reloaded packed file reproduces the outputs exactly on "
+                          f"{v['images']} images (tolerance: bit-identical)", highlight=False)
     else:
-        table = Table(title=f"onnxruntime vs PyTorch ({v['inputs']}; output step {v['output_step']:.3g})")
-        for col in ("optimisation", "compared with", "max diff (steps)", "within 1 step", "top-1 agreement"):
-            table.add_column(col, justify="right")
-        for r in v["results"]:
-            against = {"integer-reference": "int. reference"}.get(r["against"], r["against"])
-            table.add_row(r["level"], against, f"{r['max_steps']:.3g}", f"{100 * r['within_one_step']:.2f}%",
-                          f"{100 * r['top1_agreement']:.2f}%")
-        out_console.print(table)
-        ops = v.get("executed_op_types") or {}
-        integer = {k: n for k, n in ops.items() if k.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat"))}
-        if integer:
-            out_console.print("integer kernels: " + ", ".join(f"{k}×{n}" for k, n in integer.items()), highlight=False)
-        elif ops:
-            out_console.print("integer kernels: none (onnxruntime runs this layout with float kernels)")
-    if res.report is not None:
-        from srqcli.report import render_table
+        _print_onnx_check(v)
 
-        out_console.print(render_table(res.report.report))
-        written = ", ".join(p.name for p in (res.report.json, res.report.markdown, res.report.chart) if p)
-        out_console.print(f"bit-allocation report: {written} in [bold]{res.report.json.parent}[/]")
+
+def _print_onnx_check(v: dict) -> None:
+    """The ONNX check's table, each row and its tolerance explained (a failed check is an error)."""
+    table = Table(title=f"onnxruntime vs PyTorch, in steps of {v['output_step']:.3g} (the logits' resolution)",
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0, 0, 1))
+    for col in ("onnxruntime", "compared with", "max diff", "within 1 step", "top-1 same", "result"):
+        table.add_column(col, justify="left" if col in ("onnxruntime", "compared with") else "right", no_wrap=True)
+    for r in v["results"]:
+        gated = r["min_within"] is not None or r["min_top1"] is not None
+        table.add_row(_RUNS[r["level"]], _AGAINST[r["against"]], f"{r['max_steps']:.2g}",
+                      _gated(r["within_one_step"], r["min_within"]), _gated(r["top1_agreement"], r["min_top1"]),
+                      ("[green]PASS[/]" if r["ok"] else "[red]FAIL[/]") if gated else "reported")
+    out_console.print(table)
+    out_console.print("(≥N%): the tolerance. unoptimised: every op run as written; fused: onnxruntime's default "
+                      "level (integer kernels). *integer ref.: the same graph with biases rounded as fusion "
+                      "rounds them, run unfused: it isolates the fused kernels.", highlight=False)
+    ops = v.get("executed_op_types") or {}
+    integer = {k: n for k, n in ops.items() if k.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat"))}
+    if integer:
+        out_console.print("integer kernels: " + ", ".join(f"{k}×{n}" for k, n in integer.items()), highlight=False)
+    elif ops:
+        out_console.print("integer kernels: none (onnxruntime runs this layout with float kernels)")
+    out_console.print("[green]PASS[/]: every gated row is within its tolerance", highlight=False)
+
+
+def _gated(fraction: float, minimum: float | None) -> str:
+    """A percentage with its tolerance beside it, when it has one."""
+    return f"{100 * fraction:.2f}%" + (f" (≥{100 * minimum:g}%)" if minimum is not None else "")

@@ -66,22 +66,22 @@ def quantize(
     evaluate and save it."""
     from srqcli.search.allocation import read_allocation
     from srqcli.train.distributed import is_main
-    from srqcli.workflow.quantize import run_quantize
-
     from srqcli.workflow.model_source import resolve_model
+    from srqcli.workflow.quantize import check_resume, run_quantize
 
     base = load_recipe(recipe) if recipe else (load_recipe("example") if model == "example" else Recipe())
-    source = None
+    source, checkpoint_flag = None, "--checkpoint"  # where the weights came from, for messages
     if weights is not None:
         from srqcli.models.weights import cached_weights_file
 
         if checkpoint is not None or model == "example":
             raise SrqError("--weights takes the weights of a torchvision architecture name; "
                            "pass either --weights or -c, with an architecture name as MODEL")
-        checkpoint = str(cached_weights_file(model, weights))
+        checkpoint, checkpoint_flag = str(cached_weights_file(model, weights)), "--weights"
     if model != "example":
         source = resolve_model(model, checkpoint=checkpoint, arch=arch, trust_pickle=trust_pickle)
         base.model.arch, checkpoint = source.arch, source.checkpoint
+        checkpoint_flag = "the MODEL argument" if checkpoint == model else checkpoint_flag
         base.model.in_channels = source.in_channels or base.model.in_channels
         num_classes = num_classes or source.num_classes
     elif arch is not None:
@@ -91,23 +91,41 @@ def quantize(
         raise SrqError(f"--no-dropbits contradicts --dropbits {dropbits.value}")
     variant = "none" if no_dropbits or (method not in (None, Method.srq) and dropbits is None) \
         else (dropbits.value if dropbits else None)
-    cfg = apply_overrides(base, {
-        "model.checkpoint": checkpoint, "model.num_classes": num_classes,
-        "model.pretrain_epochs": pretrain_epochs,
-        "data.source": data, "data.batch_size": batch_size, "data.workers": workers,
-        "data.calib_batches": calib_batches, "data.strict": strict or None,
-        "quant.weight_bits": weight_bits if weight_bits is not None else bits,
-        "quant.act_bits": act_bits if act_bits is not None else bits,
-        "quant.first_last_bits": first_last_bits, "quant.output_bits": output_bits, "quant.skip": skip or None,
-        "quant.per_channel": per_channel, "quant.layers": layers,
-        "quant.method": method.value if method else None,
-        "dropbits.variant": variant, "dropbits.rate": drop_rate,
-        "train.epochs": epochs, "train.lr": lr, "train.quant_lr": quant_lr, "train.seed": seed,
-        "train.device": device.value if device else None,
-        "train.checkpoint_every": checkpoint_every,
-    }, origin=resolve_recipe_path(recipe) if recipe else None)
+    # (recipe key, the flag that set it, value): errors and --resume name the flag the user typed
+    settings = [
+        ("model.checkpoint", checkpoint_flag, checkpoint), ("model.num_classes", "--num-classes", num_classes),
+        ("model.pretrain_epochs", "--pretrain-epochs", pretrain_epochs),
+        ("data.source", "--data", data), ("data.batch_size", "--batch-size", batch_size),
+        ("data.workers", "--workers", workers), ("data.calib_batches", "--calib-batches", calib_batches),
+        ("data.strict", "--strict", strict or None),
+        ("quant.weight_bits", "--weight-bits" if weight_bits is not None else "--bits",
+         weight_bits if weight_bits is not None else bits),
+        ("quant.act_bits", "--act-bits" if act_bits is not None else "--bits",
+         act_bits if act_bits is not None else bits),
+        ("quant.first_last_bits", "--first-last-bits", first_last_bits),
+        ("quant.output_bits", "--output-bits", output_bits), ("quant.skip", "--skip", skip or None),
+        ("quant.per_channel", "--per-channel" if per_channel else "--per-tensor", per_channel),
+        ("quant.layers", "--bit-config", layers),
+        ("quant.method", "--method", method.value if method else None),
+        ("dropbits.variant", "--no-dropbits" if no_dropbits else ("--dropbits" if dropbits else "--method"), variant),
+        ("dropbits.rate", "--drop-rate", drop_rate),
+        ("train.epochs", "--epochs", epochs), ("train.lr", "--lr", lr), ("train.quant_lr", "--quant-lr", quant_lr),
+        ("train.seed", "--seed", seed), ("train.device", "--device", device.value if device else None),
+        ("train.checkpoint_every", "--checkpoint-every", checkpoint_every),
+    ]
+    flags = {key: flag for key, flag, value in settings if value is not None}
+    if model != "example":
+        flags["model.arch"] = "the MODEL argument"
+    cfg = apply_flags(base, {key: value for key, _, value in settings}, flags,
+                      origin=resolve_recipe_path(recipe) if recipe else None)
     if out is None:
         out = Path("runs") / f"{cfg.model.arch}-w{cfg.quant.weight_bits}a{cfg.quant.act_bits}"
+    if resume:
+        finished = check_resume(out, cfg, flags)
+        if finished:
+            if is_main():
+                out_console.print(finished, highlight=False, soft_wrap=True)
+            return
     console = job_console(quiet)
     if source is not None and source.note:
         console.print(source.note, highlight=False, soft_wrap=True)
@@ -115,6 +133,20 @@ def quantize(
                           console=console, show_progress=not quiet)
     if is_main():  # under torchrun the other processes stay quiet
         print_quantize_summary(result, cfg)
+
+
+def apply_flags(base: Recipe, overrides: dict[str, Any], flags: dict[str, str],
+                origin: Path | None = None) -> Recipe:
+    """:func:`apply_overrides`, with an error about a value the user typed starting with the
+    flag they typed (``--bits: quant.weight_bits must be between 2 and 8``): the recipe key
+    alone does not say which of ``--bits``, ``--weight-bits`` or the recipe set it."""
+    try:
+        return apply_overrides(base, overrides, origin=origin)
+    except SrqError as exc:
+        key = str(exc).split(" ", 1)[0]
+        if key in flags:
+            raise SrqError(f"{flags[key]}: {exc}") from None
+        raise
 
 
 def print_quantize_summary(result: Any, cfg: Recipe) -> None:

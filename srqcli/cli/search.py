@@ -116,5 +116,6 @@ def _print_summary(result, cfg: Recipe) -> None:
     out_console.print(table)
     out_console.print(f"top-1 (val): float {result.float_metrics.top1:.2f}%, searched allocation "
                       f"{result.search_metrics.top1:.2f}% (before fixed-bit fine-tuning)")
-    out_console.print(f"saved [bold]{result.out / 'bits.toml'}[/]: fine-tune with "
-                      f"srq quantize {cfg.model.arch} --bit-config {result.out / 'bits.toml'}")
+    out_console.print(f"saved [bold]{result.out / 'bits.toml'}[/] and searched.safetensors; fine-tune the "
+                      "searched network with these bits (add --epochs N to choose its length):", highlight=False)
+    out_console.print(result.fine_tune, markup=False, highlight=False, soft_wrap=True)  # one line to copy

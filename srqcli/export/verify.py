@@ -114,6 +114,15 @@ class Agreement:
     within_one_step: float  # fraction of output values
     top1_agreement: float  # fraction of images
     ok: bool = True
+    min_within: float | None = None  # the gate on within_one_step (None: reported, not gated)
+    min_top1: float | None = None  # the gate on top1_agreement (None: reported, not gated)
+
+    def tolerance(self) -> str:
+        """The gate in words, so a reader sees what PASS means (or that nothing is gated)."""
+        gates = [f"≥{100 * self.min_within:g}% within 1 step"] if self.min_within is not None else []
+        if self.min_top1 is not None:
+            gates.append(f"top-1 ≥{100 * self.min_top1:g}%")
+        return ", ".join(gates) or "none (reported only)"
 
 
 @dataclass
@@ -135,7 +144,7 @@ class VerifyReport:
         bad = [r for r in self.results if not r.ok]
         return "; ".join(f"{r.level} optimisation vs {r.against}: max {r.max_steps:.3g} output steps, "
                          f"{100 * r.within_one_step:.2f}% within 1 step, top-1 agreement "
-                         f"{100 * r.top1_agreement:.2f}%" for r in bad)
+                         f"{100 * r.top1_agreement:.2f}% (tolerance: {r.tolerance()})" for r in bad)
 
 
 def compare(level: str, against: str, ref: np.ndarray, out: np.ndarray, step: float,
@@ -145,7 +154,8 @@ def compare(level: str, against: str, ref: np.ndarray, out: np.ndarray, step: fl
     n = ref.shape[0]
     top1 = float((out.reshape(n, -1).argmax(1) == ref.reshape(n, -1).argmax(1)).mean()) if n else 1.0
     within = float((diff <= 1.0 + 1e-6).mean()) if diff.size else 1.0
-    agr = Agreement(level, against, n, float(diff.max()) if diff.size else 0.0, within, top1)
+    agr = Agreement(level, against, n, float(diff.max()) if diff.size else 0.0, within, top1,
+                    min_within=min_within, min_top1=min_top1)
     agr.ok = bool(np.isfinite(out).all()) and (min_within is None or within >= min_within) \
         and (min_top1 is None or top1 >= min_top1)
     return agr

@@ -27,7 +27,7 @@ from srqcli.export.packing import packed_nbytes
 from srqcli.io.atomic import atomic_path
 from srqcli.io.quantized import QUANTIZED, ModelInfo
 from srqcli.nn.graph import trace
-from srqcli.report.writer import ReportFiles, rewrite_report
+from srqcli.report.writer import REPORT_JSON, ReportFiles, write_report
 
 FORMATS = ("onnx", "safetensors")
 ONNX_FORMAT = "srq.onnx"
@@ -45,7 +45,7 @@ class ExportResult:
     source: Path | None = None
     verify: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
-    report: ReportFiles | None = None  # the bit-allocation report written next to the artifact
+    report: ReportFiles | None = None  # the bit-allocation report written next to the artifact, if any
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "format": self.format, "layout": self.layout, "opset": self.opset,
@@ -276,7 +276,7 @@ def export_onnx(model: nn.Module, info: ModelInfo | None, out: str | os.PathLike
             report = verify_onnx(tmp, model, batches, output_step(traced, frozen), inputs=inputs,
                                  real_data=real_data, list_ops=list_ops, exact=not steps)
             if not report.ok:
-                raise SrqError(f"verification failed, nothing written: onnxruntime disagrees with the "
+                raise SrqError(f"verification FAILED, nothing written: onnxruntime disagrees with the "
                                f"PyTorch model ({report.failure()})")
     details = {"fused_candidates": stats.fused_candidates, "float_output_layers": stats.float_output_layers,
                "requantized": stats.requantized, "quantized_outputs": stats.quantized_outputs,
@@ -310,7 +310,7 @@ def export_safetensors(model: nn.Module, info: ModelInfo, out: str | os.PathLike
             with torch.no_grad():
                 same = all(torch.equal(model(x), rebuilt(x)) for x in batches)
             if not same:
-                raise SrqError("verification failed, nothing written: the packed file does not "
+                raise SrqError("verification FAILED, nothing written: the packed file does not "
                                "reproduce the model's outputs exactly; please report this")
             verify_info = {"round_trip_identical": True, "images": sum(len(x) for x in batches)}
     return ExportResult(out, "safetensors", None, None, out.stat().st_size, None, verify_info, sizes)
@@ -352,6 +352,18 @@ def run_export(target: str, *, fmt: str = "onnx", layout: str = "qdq", opset: in
     else:
         res = export_safetensors(model, info, dest, verify=verify, batches=vb)
     res.source = source
-    res.report = rewrite_report(model, dest.parent, info=info, source=str(dest))
+    res.report = report_beside(model, info, dest)
     return res
+
+
+def report_beside(model: nn.Module, info: ModelInfo, dest: Path) -> ReportFiles | None:
+    """Write the bit-allocation report next to an artifact exported into a folder that has none.
+
+    A folder with a report keeps it untouched: a run folder's report holds the run's
+    accuracies, which an export does not know, and exporting the same model again must not
+    rewrite files that did not change.
+    """
+    if (dest.parent / REPORT_JSON).exists():
+        return None
+    return write_report(model, dest.parent, info=info, source=str(dest))
 

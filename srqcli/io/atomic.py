@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
-from safetensors.torch import save as safetensors_bytes
+from safetensors.torch import save as _safetensors_save
 
 from srqcli.errors import SrqError
 
@@ -101,6 +102,25 @@ def save_safetensors_atomic(
     trained them) so that the write itself is a plain Python write.
     """
     write_bytes_atomic(path, safetensors_bytes(dict(tensors), metadata=metadata))
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors file's bytes, the same for the same tensors and metadata on every save.
+
+    safetensors serializes ``__metadata__`` from a Rust hash map, in a new random order on each
+    save (20 saves of one model gave 20 different files), so identical models hashed
+    differently. The header is rewritten with the metadata keys sorted; the tensor entries,
+    their offsets and the data are kept as they are.
+    """
+    raw = _safetensors_save(tensors, metadata=metadata)
+    if not metadata:
+        return raw
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes with spaces
+    return len(text).to_bytes(8, "little") + text + raw[8 + size:]
 
 
 def _new_file_mode() -> int:

@@ -67,23 +67,6 @@ def write_report_files(report: BitReport, out_dir: str | os.PathLike, *,
     return ReportFiles(report, json_path, md_path, png)
 
 
-def parse_budget(text: str) -> tuple[str, float]:
-    """``"avg_weight_bits=3.5"`` → ``("avg_weight_bits", 3.5)``; SrqError if malformed."""
-    from srqcli.errors import SrqError
-    from srqcli.report.schema import BUDGET_KINDS
-
-    kind, sep, value = text.partition("=")
-    kind = kind.strip().replace("-", "_")
-    try:
-        number = float(value)
-    except ValueError:
-        number = None
-    if not sep or kind not in BUDGET_KINDS or number is None:
-        raise SrqError(f"budget {text!r} must look like KIND=VALUE with KIND one of "
-                       f"{', '.join(BUDGET_KINDS)} (e.g. avg_weight_bits=3.5)")
-    return kind, number
-
-
 def report_target(target: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
                   budget: BudgetLike | None = None, chart: bool = True) -> ReportFiles:
     """(Re)write the report of a run folder, an srq quantized model file or a packed export

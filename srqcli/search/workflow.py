@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import json
 import math
+import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -90,6 +91,7 @@ from srqcli.workflow.quantize import (
     calibration_batches,
     float_start,
     read_start_weights,
+    warn_if_short_of_space,
 )
 from srqcli.workflow.resume import load_state, save_state
 
@@ -168,6 +170,24 @@ class SearchResult:
     search_metrics: EvalMetrics
     history: list[dict[str, Any]] = field(default_factory=list)
     readout_bits: dict[str, int] = field(default_factory=dict)
+    fine_tune: str = ""  # the srq quantize command that fine-tunes the searched network
+
+
+def fine_tune_command(recipe: Recipe, out: Path) -> str:
+    """The ``srq quantize`` command that fine-tunes the searched network with fixed bits, as a
+    shell line that works as printed (it needs ``--epochs``' default or the user's own).
+
+    ``recipe`` is the search's own (after ``--resume`` too): the fine-tune must start from the
+    searched file, read the same data and use the searched act bits, weight granularity and
+    output quantizers, or ``srq quantize`` refuses the quantized start.
+    """
+    q = recipe.quant
+    args = ["srq", "quantize", recipe.model.arch, "-c", str(out / SEARCHED), "--data", recipe.data.source,
+            "--bit-config", str(out / ALLOCATION_TOML), "--act-bits", str(q.act_bits),
+            "--per-channel" if q.per_channel else "--per-tensor"]
+    if q.output_bits is not None:
+        args += ["--output-bits", str(q.output_bits)]
+    return shlex.join([*args, "--out", str(out.with_name(f"{out.name}-tuned"))])
 
 
 def search_quant_config(recipe: Recipe, cfg: SearchConfig, pins: dict[str, int]) -> QuantConfig:
@@ -250,6 +270,7 @@ def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, trust_pickl
     with Reporter(console, enabled=show_progress) as reporter:
         job = Job(recipe, out, console, reporter)
         model = build_float_model(recipe, job.data, weights).to(job.device)
+        distributed.on_main(lambda: warn_if_short_of_space(console, out, model, float_copy=weights is None))
         input_shape = (job.data.in_channels, job.data.image_size, job.data.image_size)
         names = [n for n, _ in quantizable_layers(model)]
         pins = check_pins(cfg.pins, names)
@@ -275,7 +296,7 @@ def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, trust_pickl
                f"bits {cfg.min_bits}..{cfg.max_bits}"),
               (f"budget {budget.kind} = {budget.value:g}; achieved {alloc.achieved:.6g} "
                f"({alloc.fill:.2%}, {alloc.method})"),
-              f"use: srq quantize {recipe.model.arch} --bit-config {ALLOCATION_TOML} ..."]
+              f"fine-tune: {fine_tune_command(recipe, out)}"]
     for note in alloc.notes:
         console.print(f"[dim]{note}[/]")
     info = job.info(final_plan, {"float_top1": float_metrics.top1, "top1": metrics.top1})
@@ -309,7 +330,8 @@ def _run(recipe: Recipe, cfg: SearchConfig, out: Path, resume: bool, trust_pickl
                      budget=(budget.kind, budget.value), source=str(out / ALLOCATION_TOML))
 
     distributed.on_main(write_outputs)
-    return SearchResult(out, alloc, final_plan, float_metrics, metrics, history, ro)
+    return SearchResult(out, alloc, final_plan, float_metrics, metrics, history, ro,
+                        fine_tune_command(recipe, out))
 
 
 def _sensitivity(job: Job, model: nn.Module, q: QuantConfig, budget: BudgetSpec, input_shape,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -384,6 +384,74 @@ def run_quantize(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: 
             return _run(recipe, out, resume, trust_pickle, console, show_progress)
 
 
+#: Recipe keys that hold a path: the same file may be named relative or absolute.
+PATH_KEYS = ("model.checkpoint", "data.source")
+
+
+def check_resume(out: Path, requested: Recipe, flags: Mapping[str, str]) -> str | None:
+    """Before ``--resume``: refuse flags that contradict the run's saved recipe, and say when
+    there is nothing left to do.
+
+    A resumed run continues with the recipe saved in its checkpoint, so a flag that differs
+    from it would be silently ignored. ``flags`` maps each recipe key the user set to the flag
+    that set it. ``--epochs`` cannot lengthen a run either: its cosine learning rate, DropBits
+    rate and temperature schedules span the run's epochs, so continuing past them would not
+    be the run a fresh ``--epochs N`` gives. Returns the line to print for a finished run (its
+    outputs are written: resuming would only evaluate and rewrite them), else None. A missing
+    checkpoint is left to :func:`run_quantize`'s own error.
+    """
+    from srqcli.config import recipe_from_dict
+
+    path = out / rundir.RESUME
+    if not path.is_file():
+        return None
+    state = load_state(path, RESUME_FORMAT, "srq", ("recipe",))
+    saved = recipe_from_dict(json.loads(state["recipe"]))
+    differ: dict[str, str] = {}
+    for key, flag in flags.items():
+        mine, theirs = _recipe_value(requested, key), _recipe_value(saved, key)
+        if not _same_setting(key, mine, theirs):
+            differ.setdefault(flag, f"{flag} {_shown(mine)} (the run's: {_shown(theirs)})")
+    if differ:
+        epochs = (f"; --epochs cannot lengthen a run (its learning-rate and DropBits schedules span its "
+                  f"{saved.train.epochs} epochs): to train more, fine-tune its model.safetensors in a new run "
+                  "with -c" if "--epochs" in differ else "")
+        raise SrqError(f"--resume continues {out} with the settings it was started with, and "
+                       f"{', '.join(differ.values())} differ: drop them, or start a new run with "
+                       f"another --out{epochs}")
+    if state.get("phase", SRQ_PHASE) == SRQ_PHASE and (out / rundir.METRICS).is_file():
+        return (f"{out} is finished ({saved.train.epochs} epochs; {rundir.MODEL} written): nothing to "
+                f"resume; srq eval {out} evaluates it")
+    return None
+
+
+def warn_if_short_of_space(console: Console, out: Path, model: nn.Module, *, float_copy: bool) -> None:
+    """Warn at the start of a job whose outputs may not fit on ``out``'s file system."""
+    need = rundir.expected_bytes(sum(p.numel() for p in model.parameters()), float_copy=float_copy)
+    warning = rundir.space_warning(out, need)
+    if warning:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
+def _recipe_value(recipe: Recipe, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(recipe, section), name)
+
+
+def _same_setting(key: str, a: Any, b: Any) -> bool:
+    """Equal, or the same file named two ways (relative to here, or resolved when saved)."""
+    if a == b:
+        return True
+    if key in PATH_KEYS and isinstance(a, str) and isinstance(b, str):
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    return False
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else str(value)
+
+
+
 def _run(recipe: Recipe, out: Path, resume: bool, trust_pickle: bool, console: Console,
          show_progress: bool) -> QuantizeResult:
     state = None
@@ -403,6 +471,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, trust_pickle: bool, console: C
     with Reporter(console, enabled=show_progress) as reporter:
         job = Job(recipe, out, console, reporter)
         model = build_float_model(recipe, job.data, weights).to(job.device)
+        distributed.on_main(lambda: warn_if_short_of_space(console, out, model, float_copy=weights is None))
         distributed.on_main(lambda: write_text_atomic(out / rundir.RECIPE, to_toml(recipe)))
         # A pre-training checkpoint continues the float training; an SRQ one, the quantized.
         float_state = state if state is not None and state.get("phase") == FLOAT_PHASE else None

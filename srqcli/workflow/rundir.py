@@ -131,6 +131,29 @@ def claimed(out: Path, *, resume: bool, overwrite: bool, start: str | None) -> I
         claim.finish()
 
 
+def expected_bytes(params: int, *, float_copy: bool) -> int:
+    """About what a run of a ``params``-parameter model writes, at most: the float copy (when
+    srq trains it), ``model.safetensors``, the resume checkpoint (weights and Adam's two
+    moments) twice over, since its atomic replace holds the old and the new file at once, and
+    the exports (int8 ONNX codes, the packed file). All float32: an upper bound, not a promise.
+    """
+    f32 = 4 * params
+    return (f32 if float_copy else 0) + f32 + 2 * (3 * f32) + f32 // 2
+
+
+def space_warning(out: Path, need: int) -> str | None:
+    """One line when ``out``'s file system has less free space than ``need`` bytes; None when it
+    has enough. Without it a full disk shows only at the first checkpoint, maybe hours in."""
+    from srqcli.report.render import size
+
+    free = shutil.disk_usage(out).free
+    if free >= need:
+        return None
+    return (f"{out} has {size(free)} free and this run may write about {size(need)} (float copy, "
+            "checkpoints, exports): it may stop at a checkpoint with a full disk; free some space "
+            "or choose another --out")
+
+
 def clear(out: Path) -> None:
     """Remove a run's outputs; other files are left alone."""
     for name in OUTPUTS:

@@ -176,7 +176,7 @@ def test_failed_verification_leaves_nothing(run_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(verify, "compare", broken)
     err = _one_line_error(_invoke("export", str(run_dir), "--out", str(tmp_path / "m.onnx")))
-    assert "verification failed, nothing written" in err
+    assert "verification FAILED, nothing written" in err and "(tolerance: ≥90% within 1 step" in err
     assert _files(tmp_path) == set()
 
 
@@ -242,3 +242,51 @@ def test_exported_file_as_source_without_out(run_dir, tmp_path):
     err = _one_line_error(_invoke("export", str(packed), "-f", "safetensors"))
     assert err == (f"error: the default output {packed} is the model being exported; "
                    "pass --out with another file name")
+
+
+def test_export_output_says_pass_and_tolerance_then_wrote(run_dir, tmp_path):
+    """The check comes first with its verdict, each row's tolerance and what the rows mean;
+    "wrote" only after it."""
+    out = tmp_path / "m.onnx"
+    res = _invoke("export", str(run_dir), "--out", str(out), "--data", "example", "--batches", "2")
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())  # the console folds long lines
+    assert "PASS: every gated row is within its tolerance" in text
+    assert "100.00% (≥90%)" in text and "(≥99%)" in text and "(≥97%)" in text
+    assert "*integer ref.: the same graph with biases rounded as fusion rounds them" in text
+    assert text.index("PASS: every") < text.index(f"wrote {out}")
+    on_random = " ".join(_invoke("export", str(run_dir), "--out", str(tmp_path / "r.onnx")).output.split())
+    assert "reported" in on_random  # top-1 on random inputs is not gated
+    packed = _invoke("export", str(run_dir), "-f", "safetensors", "--out", str(tmp_path / "m.packed.safetensors"))
+    assert packed.exit_code == 0, packed.output
+    text = " ".join(packed.output.split())
+    assert "PASS: the reloaded packed file reproduces the outputs exactly on 128 images" in text
+    assert "(tolerance: bit-identical)" in text and text.index("PASS") < text.index("wrote ")
+
+
+def test_export_keeps_the_folders_report(run_dir, tmp_path):
+    """Exporting into a folder that has a report (a run folder) leaves its files untouched and
+    does not reprint the per-layer table."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(run_dir / "model.safetensors", run / "model.safetensors")
+    assert _invoke("report", str(run)).exit_code == 0
+    before = {name: (run / name).stat() for name in ("report.json", "report.md", "bits.png")}
+    for args in ([], ["-f", "safetensors"]):
+        res = _invoke("export", str(run), *args)
+        assert res.exit_code == 0, res.output
+        assert "bit allocation" not in res.output and "report.json" not in res.output, res.output
+    for name, stat in before.items():
+        now = (run / name).stat()
+        assert (now.st_ino, now.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), name
+
+
+def test_exporting_one_model_twice_gives_identical_files(run_dir, tmp_path):
+    """Packed safetensors (metadata in a fixed order) and ONNX: equal models, equal hashes."""
+    for fmt, name in (("safetensors", "m.packed.safetensors"), ("onnx", "m.onnx")):
+        blobs = set()
+        for i in range(3):
+            out = tmp_path / str(i) / name
+            assert _invoke("export", str(run_dir), "-f", fmt, "--out", str(out), "--no-verify").exit_code == 0
+            blobs.add(out.read_bytes())
+        assert len(blobs) == 1, fmt

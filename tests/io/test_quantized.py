@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from srqcli.errors import SrqError
-from srqcli.io.quantized import load_model, read_model_info
+from srqcli.io.quantized import load_model, read_model_info, save_model
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +64,14 @@ def test_input_size_the_model_cannot_take_is_damage(original: Path, tmp_path: Pa
     message = str(info.value)
     assert message.startswith(f"{path} has damaged srq metadata (image_size: ") and detail in message
     assert "\n" not in message
+
+
+def test_the_same_model_saved_twice_is_the_same_bytes(original: Path, tmp_path: Path) -> None:
+    """safetensors writes metadata in a random order per save; srq's files must hash the same."""
+    model, info = load_model(original)
+    copies = [tmp_path / f"{i}.safetensors" for i in range(5)]
+    for copy in copies:
+        save_model(copy, model, info)
+    assert len({copy.read_bytes() for copy in copies}) == 1
+    with safe_open(str(copies[0]), framework="pt") as f:
+        assert list(f.metadata()) and read_model_info(copies[0]) == info  # still reads back

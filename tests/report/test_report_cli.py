@@ -61,6 +61,19 @@ def test_report_on_model_file_with_out_and_budget(run, tmp_path):
     assert read_report(out).budget.value == 3.0
 
 
+@pytest.mark.parametrize("spelling, kind, value", [
+    ("avg-bits=3", "avg_weight_bits", 3.0), ("avg_weight_bits=3", "avg_weight_bits", 3.0),  # search's, report's
+    ("size=20KB", "size_mb", 0.02), ("size_mb=0.02", "size_mb", 0.02),
+    ("bops=1.2G", "bops", 1.2e9), ("bops=1.2e9", "bops", 1.2e9),
+])
+def test_report_budget_takes_search_bits_grammar_and_its_own(run, tmp_path, spelling, kind, value):
+    """One budget grammar for srq report and srq search-bits, each spelling accepted by both."""
+    result = invoke(run, "--out", tmp_path, "--budget", spelling, "--no-chart")
+    assert result.exit_code == 0, result.output
+    budget = read_report(tmp_path).budget
+    assert budget.kind == kind and budget.value == pytest.approx(value)
+
+
 def test_report_markdown_lists_every_layer(run):
     assert invoke(run, "--no-chart").exit_code == 0
     md = (run / "report.md").read_text()
@@ -116,8 +129,9 @@ def _bad_targets(tmp_path):
         "float model": ([float_run], "is a float model"),
         "onnx": ([onnx], "already an ONNX export"),
         "not srq": ([plain], "not an srq model file"),
-        "bad budget": ([float_run, "--budget", "bits=3"], "KIND=VALUE"),
-        "bad budget value": ([float_run, "--budget", "size_mb=abc"], "KIND=VALUE"),
+        "bad budget": ([float_run, "--budget", "flops=3"], "unknown kind 'flops' (use avg-bits, size or bops"),
+        "bad budget value": ([float_run, "--budget", "size_mb=abc"], "'abc' is not a positive number"),
+        "no budget kind": ([float_run, "--budget", "3"], "must look like KIND=VALUE"),
     }
 
 

@@ -290,3 +290,34 @@ def test_interrupted_overwrite_keeps_the_previous_search(tmp_path, float_ckpt, m
     assert res.exit_code == 130, res.output
     assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert "holds its previous run, unchanged" in res.stderr
+
+
+def test_closing_hint_is_a_command_that_works_as_printed(tmp_path, float_ckpt):
+    """The last line of search-bits is the fine-tune command; run as printed (plus --epochs 0,
+    the one flag the hint leaves to the user) it fine-tunes the searched network."""
+    import shlex
+
+    out = tmp_path / "search"
+    res = runner.invoke(app, ["search-bits", "lenet5", "--data", "example", "-c", float_ckpt,
+                              "--budget", "avg-bits=3.0", "--act-bits", "3", "--per-channel",
+                              "--epochs", "1", "--batch-size", "128", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    command = res.stdout.strip().splitlines()[-1]
+    args = shlex.split(command)
+    assert args[:3] == ["srq", "quantize", "lenet5"], command
+    assert {"-c", "--data", "--bit-config", "--act-bits", "--per-channel", "--out"} <= set(args)
+    tuned = runner.invoke(app, [*args[1:], "--epochs", "0", "--quiet"])
+    assert tuned.exit_code == 0, tuned.output
+    assert (tmp_path / "search-tuned" / "model.safetensors").is_file()
+    assert f"fine-tune: {command}" in (out / "bits.toml").read_text()
+
+
+@pytest.mark.parametrize("spelling", ["avg-bits=3.0", "avg_weight_bits=3.0"])
+def test_budget_takes_its_own_grammar_and_the_reports(tmp_path, float_ckpt, spelling):
+    """search-bits reads srq report's budget spelling too (one grammar for both commands)."""
+    out = tmp_path / "search"
+    res = runner.invoke(app, ["search-bits", "lenet5", "--data", "example", "-c", float_ckpt,
+                              "--budget", spelling, "--strategy", "sensitivity", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    budget = read_report(out / "report.json").budget
+    assert budget.kind == "avg_weight_bits" and budget.value == 3.0
