@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from srqcli.errors import SrqError, short_reason
-from srqcli.io.quantized import FLOAT, QUANTIZED, ModelInfo, load_model, read_model_info
+from srqcli.io.quantized import FLOAT, QUANTIZED, ModelInfo, load_model, read_model_info, safetensors_format
 from srqcli.workflow.rundir import MODEL as RUN_MODEL
 
 
@@ -94,16 +94,6 @@ def resolve_source(target: str | os.PathLike) -> Path:
     return path
 
 
-def _safetensors_format(path: Path) -> str | None:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("format")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise SrqError(f"{path} is not a valid safetensors file: {short_reason(exc)}") from exc
-
-
 def load_quantized_source(path: Path) -> tuple[nn.Module, ModelInfo]:
     """The quantized PyTorch model in ``path``: an ``srq.quantized`` checkpoint or an
     ``srq.packed`` export, which rebuilds the same model. An ONNX export cannot be turned back
@@ -118,7 +108,7 @@ def load_quantized_source(path: Path) -> tuple[nn.Module, ModelInfo]:
     if path.suffix != ".safetensors":
         raise SrqError(f"{path} is not an srq quantized model: pass a run folder or the "
                        f"{RUN_MODEL} of srq quantize (quantize a float checkpoint first)")
-    fmt = _safetensors_format(path)
+    fmt = safetensors_format(path)
     if fmt == FLOAT:
         raise SrqError(f"{path} is a float model: quantize it first with srq quantize")
     if fmt == PACKED:

@@ -189,6 +189,7 @@ class _Builder:
         # packed: no integer kernel can use INT4/INT2 weights, so quantizers stay at the layer
         # inputs, behind a float Clip (see quantize_act).
         self.placements, self.absorbed = plan_placements(traced, frozen) if layout == "qdq" else ({}, set())
+        self.placed_ranges = {pl.consumer: (pl.lo, pl.hi) for pl in self.placements.values()}
         self.stats = OnnxStats()
         self.scaling = self.plan_scaling() if layout == "qdq" else {}
 
@@ -347,8 +348,7 @@ class _Builder:
 
     def input_code_range(self, node: fx.Node, fl: FrozenLayer) -> tuple[int, int]:
         """The layer's input codes ``lo…hi`` as the graph clips them."""
-        pl = next((p for p in self.placements.values() if p.consumer is node), None)
-        return (pl.lo, pl.hi) if pl is not None else (fl.act.grid.kmin, fl.act.grid.kmax)
+        return self.placed_ranges.get(node, (fl.act.grid.kmin, fl.act.grid.kmax))
 
     def quant_layer(self, node: fx.Node, fl: FrozenLayer) -> str:
         x = self.quantized_input.get(node)

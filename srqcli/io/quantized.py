@@ -111,6 +111,18 @@ def save_model(path: str | os.PathLike, model: nn.Module, info: ModelInfo) -> No
     save_safetensors_atomic(tensors, path, info.metadata())
 
 
+def safetensors_format(path: str | os.PathLike) -> str | None:
+    """The ``format`` entry of a safetensors file's metadata; one-line :class:`SrqError` when the
+    file is not valid safetensors."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SrqError(f"{path} is not a valid safetensors file: {short_reason(exc)}") from exc
+
+
 def srq_format(path: str | os.PathLike) -> str | None:
     """The srq file format (``srq.quantized``, ``srq.float``, ``srq.packed``) of a safetensors
     file, or ``None`` for any other file. Damaged or foreign files answer ``None``: the caller's
@@ -119,11 +131,8 @@ def srq_format(path: str | os.PathLike) -> str | None:
     if p.suffix.lower() != ".safetensors" or not p.is_file():
         return None
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(p), framework="pt") as f:
-            fmt = (f.metadata() or {}).get("format")
-    except (SafetensorError, OSError, ValueError):
+        fmt = safetensors_format(p)
+    except SrqError:
         return None
     return fmt if isinstance(fmt, str) and fmt.startswith("srq.") else None
 

@@ -25,14 +25,10 @@ class ModelSource:
     note: str | None = None
 
 
-def is_model_file(model: str) -> bool:
-    return Path(model).is_file()
-
-
 def resolve_model(model: str, *, checkpoint: str | None, arch: str | None,
                   trust_pickle: bool) -> ModelSource:
     """Architecture and weights from the positional MODEL (a name or a weights file)."""
-    if not is_model_file(model):
+    if not Path(model).is_file():
         return ModelSource(arch or model, checkpoint)
     if checkpoint is not None:
         raise SrqError(f"{model} is a weights file and --checkpoint {checkpoint} another: pass the "
