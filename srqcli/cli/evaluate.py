@@ -36,12 +36,22 @@ def eval_command(
                    show_progress=not quiet, arch=arch)
     m = res.metrics
     if as_json:
+        deployed = res.deployed.to_dict() if res.deployed else None
         out_console.print_json(json.dumps({"target": res.target, "kind": res.kind, "data": res.data,
-                                           **m.to_dict()}))
+                                           **m.to_dict(), "deployed": deployed}))
         return
     table = Table(title=f"srq eval: {res.target} ({res.kind})")
-    for col in ("top-1", "top-5", "loss", "images", "img/s"):
-        table.add_column(col, justify="right")
-    table.add_row(f"{m.top1:.2f}%", f"{m.top5:.2f}%", f"{m.loss:.4f}", str(m.images), f"{m.images_per_s:,.0f}")
+    for col in ("model", "top-1", "top-5", "loss", "images", "img/s"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    rows = [(res.kind, m)] + ([("deployed", res.deployed)] if res.deployed else [])
+    for label, r in rows:
+        table.add_row(label, f"{r.top1:.2f}%", f"{r.top5:.2f}%", f"{r.loss:.4f}", str(r.images),
+                      f"{r.images_per_s:,.0f}")
     out_console.print(table)
+    if res.deployed:
+        out_console.print("deployed: the ONNX file srq export writes, run with onnxruntime's integer arithmetic",
+                          highlight=False, soft_wrap=True)
+    elif res.undeployable:
+        out_console.print(f"deployed: n/a, this model cannot be exported ({res.undeployable})",
+                          highlight=False, soft_wrap=True)
     out_console.print(f"[dim]{res.data}[/]")

@@ -155,15 +155,23 @@ def print_quantize_summary(result: Any, cfg: Recipe) -> None:
     table.add_column("")
     table.add_column("float", justify="right")
     table.add_column(cfg.quant.method, justify="right")  # the method that ran: srq, lsq, …
-    f, q = result.float_metrics, result.quant_metrics
-    table.add_row("top-1 (val)", f"{f.top1:.2f}%", f"{q.top1:.2f}%")
-    table.add_row("top-5 (val)", f"{f.top5:.2f}%", f"{q.top5:.2f}%")
-    table.add_row("loss (val)", f"{f.loss:.4f}", f"{q.loss:.4f}")
-    table.add_row("weight bits (avg)", "32", f"{s['avg_weight_bits']:.2f}")
+    table.add_column("deployed", justify="right")  # the file srq export writes (srqcli.deploy)
+    f, q, d = result.float_metrics, result.quant_metrics, result.deployed_metrics
+    na = "n/a"
+    table.add_row("top-1 (val)", f"{f.top1:.2f}%", f"{q.top1:.2f}%", f"{d.top1:.2f}%" if d else na)
+    table.add_row("top-5 (val)", f"{f.top5:.2f}%", f"{q.top5:.2f}%", f"{d.top5:.2f}%" if d else na)
+    table.add_row("loss (val)", f"{f.loss:.4f}", f"{q.loss:.4f}", f"{d.loss:.4f}" if d else na)
+    table.add_row("weight bits (avg)", "32", f"{s['avg_weight_bits']:.2f}", "")
     acts = sorted({p.act_bits for p in result.plan})
-    table.add_row("activation bits", "32", "/".join(map(str, acts)))
-    table.add_row("size", _kib(s["float_bytes"]), f"{_kib(s['packed_bytes'])} ({s['compression']:.1f}× smaller)")
+    table.add_row("activation bits", "32", "/".join(map(str, acts)), "")
+    table.add_row("size", _kib(s["float_bytes"]), f"{_kib(s['packed_bytes'])} ({s['compression']:.1f}× smaller)", "")
     out_console.print(table)
+    if d is None:
+        out_console.print(f"deployed: n/a, this model cannot be exported ({result.undeployable})",
+                          highlight=False, soft_wrap=True)
+    else:
+        out_console.print("deployed: the ONNX file srq export writes, run with onnxruntime's integer "
+                          "arithmetic; its accuracy is what you ship", highlight=False, soft_wrap=True)
     # soft_wrap: one line in a log file too (Rich would break it at 80 columns there).
     out_console.print(f"saved [bold]{result.out / 'model.safetensors'}[/] (+ metrics.json, recipe.toml, report.md, bits.png)",
                       soft_wrap=True)

@@ -17,6 +17,7 @@ from srqcli.models import build_model
 from srqcli.train.loop import EvalMetrics, evaluate, resolve_device
 from srqcli.train.progress import Reporter
 from srqcli.workflow import rundir
+from srqcli.workflow.deployed import evaluate_deployed
 from srqcli.workflow.model_source import resolve_model
 
 
@@ -26,6 +27,8 @@ class EvalResult:
     kind: str  # "float" | "quantized" | "onnx"
     data: str
     metrics: EvalMetrics
+    deployed: EvalMetrics | None = None  # a quantized model's exported file (srqcli.deploy)
+    undeployable: str | None = None  # why a quantized model has no deploy model
 
 
 def resolve_target(target: str) -> Path | None:
@@ -112,4 +115,7 @@ def run_eval(target: str, *, data: str | None, checkpoint: str | None = None,
     _, val_loader = make_loaders(bundle, min(batch_size, len(bundle.train)), workers, seed=0)
     with Reporter(console, enabled=show_progress) as reporter:
         metrics = evaluate(model.to(dev), val_loader, dev, reporter=reporter, label="eval")
-    return EvalResult(target, kind, bundle.description, metrics)
+        deployed = undeployable = None
+        if kind == "quantized" and info is not None:
+            deployed, undeployable = evaluate_deployed(model, info, val_loader, reporter)
+    return EvalResult(target, kind, bundle.description, metrics, deployed, undeployable)

@@ -56,6 +56,7 @@ from srqcli.train.loop import (
 )
 from srqcli.train.progress import Reporter
 from srqcli.workflow import rundir
+from srqcli.workflow.deployed import evaluate_deployed
 from srqcli.workflow.resume import CheckpointClock, load_state, save_state
 
 
@@ -69,6 +70,8 @@ class QuantizeResult:
     plan: list[LayerBits]
     history: list[EpochRecord] = field(default_factory=list)
     sizes: dict[str, float] = field(default_factory=dict)
+    deployed_metrics: EvalMetrics | None = None  # the exported file's (srqcli.deploy)
+    undeployable: str | None = None  # why there is no deploy model
 
 
 def seed_everything(seed: int) -> None:
@@ -512,11 +515,14 @@ def _run(recipe: Recipe, out: Path, resume: bool, trust_pickle: bool, console: C
                 console.print(f"[dim]BatchNorm statistics re-estimated on {used} batches {why}[/]")
         quant_metrics = evaluate(model, job.val_loader, job.device, amp=job.amp,
                                  reporter=reporter, label="srq eval")
+        deployed, undeployable = evaluate_deployed(model, job.info(plan), job.val_loader, reporter)
     sizes = model_totals(model)
     metrics = {
         "srq_version": __version__,
         "float": float_metrics.to_dict(),
         "quantized": quant_metrics.to_dict(),
+        "deployed": deployed.to_dict() if deployed else None,
+        "undeployable": undeployable,
         "history": [asdict(h) for h in history],
         "plan": [asdict(p) for p in plan],
         "sizes": sizes,
@@ -527,9 +533,10 @@ def _run(recipe: Recipe, out: Path, resume: bool, trust_pickle: bool, console: C
 
     def write_outputs() -> None:
         save_model(out / rundir.MODEL, model.cpu(),
-                   job.info(plan, {"float_top1": float_metrics.top1, "top1": quant_metrics.top1}))
+                   job.info(plan, {"float_top1": float_metrics.top1, "top1": quant_metrics.top1,
+                                   "deployed_top1": deployed.top1 if deployed else None}))
         write_text_atomic(out / rundir.METRICS, json.dumps(metrics, indent=2) + "\n")
         write_report(model, out, info=job.info(plan), metrics=metrics, source=str(out / rundir.MODEL))
 
     distributed.on_main(write_outputs)
-    return QuantizeResult(out, float_metrics, quant_metrics, plan, history, sizes)
+    return QuantizeResult(out, float_metrics, quant_metrics, plan, history, sizes, deployed, undeployable)
