@@ -36,7 +36,7 @@ def quantize(
     weight_bits: Annotated[Optional[int], typer.Option(help="Weight bits (overrides --bits).")] = None,
     act_bits: Annotated[Optional[int], typer.Option(help="Activation bits (overrides --bits).")] = None,
     first_last_bits: Annotated[Optional[int], typer.Option(help="Bits of the first and last layer (e.g. 8, the LSQ protocol).")] = None,
-    output_bits: Annotated[Optional[int], typer.Option(help="Also quantize, in training, the layer outputs no quantizer reads (residual branches, a stem feeding a skip connection) to this many bits (8 recommended), so `srq export` runs every conv as an integer kernel and stays exact.")] = None,
+    output_bits: Annotated[Optional[int], typer.Option(help="Bits of the layer outputs no quantizer reads (residual branches, a stem feeding a skip connection), quantized in training too, so `srq export` runs every conv as an integer kernel: fast and bit-exact (default 8; 0 leaves them float, as published protocols do).")] = None,
     skip: Annotated[Optional[list[str]], typer.Option(help="Leave layers matching this pattern float (repeatable).")] = None,
     bit_config: Annotated[Optional[Path], typer.Option(help="Per-layer bits TOML (\\[layers] \"name\" = {weight_bits=…}).")] = None,
     per_channel: Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help="Per-output-channel weight steps.")] = None,

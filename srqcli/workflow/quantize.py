@@ -150,7 +150,7 @@ class Job:
                 self.console.print(f"[dim]quantizers calibrated on the batches of all "
                                    f"{distributed.world_size()} processes: identical on every "
                                    f"process (sha256 {digest})[/]")
-            if q.output_bits is not None:
+            if q.output_bits:
                 sites = [lb.name for lb in plan if lb.output_bits is not None]
                 self.console.print(f"[dim]output quantizers ({q.output_bits} bits) on {len(sites)} layers whose "
                                    f"output no quantizer reads{': ' + ', '.join(sites) if sites else ''}[/]")
@@ -161,7 +161,7 @@ class Job:
             plan = start_plan
             _check_start_plan(plan, plan_bits([n for n, _ in quantizable_layers(model)], q),
                               self.recipe.model.checkpoint)
-            _check_start_outputs(plan, q.output_bits, self.recipe.model.checkpoint)
+            _check_start_outputs(plan, q.output_bits or None, self.recipe.model.checkpoint)
         attach_quantizers(model, plan, q)
         return model, plan
 
@@ -319,7 +319,7 @@ def _check_start_outputs(saved: list[LayerBits], output_bits: int | None, path: 
     have = {p.output_bits for p in saved if p.output_bits is not None}
     if have == ({output_bits} if output_bits is not None else set()):
         return
-    made = f"--output-bits {have.pop()}" if have else "no --output-bits"
+    made = f"--output-bits {have.pop()}" if have else "--output-bits 0"
     raise SrqError(f"{path} was quantized with {made}; pass the same or start from a float checkpoint")
 
 
