@@ -17,9 +17,19 @@ from srqcli.cli.app import (
     out_console,
     user_errors,
 )
+from srqcli.cli.preprocessing import (
+    Channels,
+    ImageSize,
+    Interpolation,
+    Mean,
+    ResizeSize,
+    Std,
+    typed_preprocessing,
+)
 from srqcli.config import Recipe, apply_overrides, load_recipe, resolve_recipe_path
 from srqcli.errors import SrqError
 from srqcli.methods.names import METHODS
+from srqcli.preprocessing import FLAGS
 
 Method = Enum("Method", {m: m for m in METHODS}, type=str)
 
@@ -31,6 +41,12 @@ def quantize(
     weights: Annotated[Optional[str], typer.Option(help="torchvision pretrained weights of the MODEL architecture (e.g. IMAGENET1K_V1, DEFAULT), from torch's hub cache.")] = None,
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Float weights: state_dict .pt/.pth, .safetensors or TorchScript.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="ImageFolder (train/, val/), IDX folder, or 'example'.")] = None,
+    image_size: ImageSize = None,
+    resize_size: ResizeSize = None,
+    mean: Mean = None,
+    std: Std = None,
+    channels: Channels = None,
+    interpolation: Interpolation = None,
     recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe TOML file or built-in name (srq recipes).")] = None,
     bits: Annotated[Optional[int], typer.Option("--bits", "-b", help="Weight and activation bits (2–8).")] = None,
     weight_bits: Annotated[Optional[int], typer.Option(help="Weight bits (overrides --bits).")] = None,
@@ -78,6 +94,7 @@ def quantize(
             raise SrqError("--weights takes the weights of a torchvision architecture name; "
                            "pass either --weights or -c, with an architecture name as MODEL")
         checkpoint, checkpoint_flag = str(cached_weights_file(model, weights)), "--weights"
+        apply_weights_preprocessing(base, model, weights, data or base.data.source)
     if model != "example":
         source = resolve_model(model, checkpoint=checkpoint, arch=arch, trust_pickle=trust_pickle)
         base.model.arch, checkpoint = source.arch, source.checkpoint
@@ -98,6 +115,8 @@ def quantize(
         ("data.source", "--data", data), ("data.batch_size", "--batch-size", batch_size),
         ("data.workers", "--workers", workers), ("data.calib_batches", "--calib-batches", calib_batches),
         ("data.strict", "--strict", strict or None),
+        *((f"data.{key}", FLAGS[key], value) for key, value in typed_preprocessing(
+            image_size, resize_size, mean, std, channels, interpolation).items()),
         ("quant.weight_bits", "--weight-bits" if weight_bits is not None else "--bits",
          weight_bits if weight_bits is not None else bits),
         ("quant.act_bits", "--act-bits" if act_bits is not None else "--bits",
@@ -133,6 +152,20 @@ def quantize(
                           console=console, show_progress=not quiet)
     if is_main():  # under torchrun the other processes stay quiet
         print_quantize_summary(result, cfg)
+
+
+def apply_weights_preprocessing(recipe: Recipe, arch: str, weights: str, source: str) -> None:
+    """Make the preprocessing torchvision publishes with ``--weights`` the recipe's default for
+    ImageFolder data: the weights' accuracy holds only with it. A value the recipe sets stays
+    (flags override both later); other data has its own preprocessing."""
+    from srqcli.data import is_imagefolder_source
+    from srqcli.models.weights import weights_preprocessing
+
+    if not is_imagefolder_source(source):
+        return
+    for key, value in weights_preprocessing(arch, weights).items():
+        if getattr(recipe.data, key) is None:
+            setattr(recipe.data, key, value)
 
 
 def apply_flags(base: Recipe, overrides: dict[str, Any], flags: dict[str, str],
