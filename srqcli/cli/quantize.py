@@ -94,7 +94,6 @@ def quantize(
             raise SrqError("--weights takes the weights of a torchvision architecture name; "
                            "pass either --weights or -c, with an architecture name as MODEL")
         checkpoint, checkpoint_flag = str(cached_weights_file(model, weights)), "--weights"
-        apply_weights_preprocessing(base, model, weights, data or base.data.source)
     if model != "example":
         source = resolve_model(model, checkpoint=checkpoint, arch=arch, trust_pickle=trust_pickle)
         base.model.arch, checkpoint = source.arch, source.checkpoint
@@ -137,6 +136,8 @@ def quantize(
         flags["model.arch"] = "the MODEL argument"
     cfg = apply_flags(base, {key: value for key, _, value in settings}, flags,
                       origin=resolve_recipe_path(recipe) if recipe else None)
+    if weights is not None:
+        apply_weights_preprocessing(cfg, weights)
     if out is None:
         out = Path("runs") / f"{cfg.model.arch}-w{cfg.quant.weight_bits}a{cfg.quant.act_bits}"
     if resume:
@@ -154,18 +155,26 @@ def quantize(
         print_quantize_summary(result, cfg)
 
 
-def apply_weights_preprocessing(recipe: Recipe, arch: str, weights: str, source: str) -> None:
-    """Make the preprocessing torchvision publishes with ``--weights`` the recipe's default for
-    ImageFolder data: the weights' accuracy holds only with it. A value the recipe sets stays
-    (flags override both later); other data has its own preprocessing."""
+def apply_weights_preprocessing(recipe: Recipe, weights: str) -> None:
+    """Fill the preprocessing the recipe and flags leave unset with the one torchvision publishes
+    with ``--weights``, for ImageFolder data: the weights' accuracy holds only with it (other
+    data has its own). An image size given alone keeps the weights' resize/crop ratio, and a
+    grayscale input keeps the grayscale mean/std defaults (the weights' are per RGB channel).
+    """
     from srqcli.data import is_imagefolder_source
     from srqcli.models.weights import weights_preprocessing
 
-    if not is_imagefolder_source(source):
+    d = recipe.data
+    if not is_imagefolder_source(d.source):
         return
-    for key, value in weights_preprocessing(arch, weights).items():
-        if getattr(recipe.data, key) is None:
-            setattr(recipe.data, key, value)
+    preset = weights_preprocessing(recipe.model.arch, weights)
+    if d.image_size is not None and {"image_size", "resize_size"} <= set(preset):
+        preset["resize_size"] = round(d.image_size * preset["resize_size"] / preset["image_size"])
+    for key, value in preset.items():
+        if key in ("mean", "std") and d.channels not in (None, 3):
+            continue
+        if getattr(d, key) is None:
+            setattr(d, key, value)
 
 
 def apply_flags(base: Recipe, overrides: dict[str, Any], flags: dict[str, str],
