@@ -136,8 +136,7 @@ def quantize(
         flags["model.arch"] = "the MODEL argument"
     cfg = apply_flags(base, {key: value for key, _, value in settings}, flags,
                       origin=resolve_recipe_path(recipe) if recipe else None)
-    if weights is not None:
-        apply_weights_preprocessing(cfg, weights)
+    apply_model_preprocessing(cfg, weights)
     if out is None:
         out = Path("runs") / f"{cfg.model.arch}-w{cfg.quant.weight_bits}a{cfg.quant.act_bits}"
     if resume:
@@ -155,26 +154,44 @@ def quantize(
         print_quantize_summary(result, cfg)
 
 
-def apply_weights_preprocessing(recipe: Recipe, weights: str) -> None:
-    """Fill the preprocessing the recipe and flags leave unset with the one torchvision publishes
-    with ``--weights``, for ImageFolder data: the weights' accuracy holds only with it (other
-    data has its own). An image size given alone keeps the weights' resize/crop ratio, and a
-    grayscale input keeps the grayscale mean/std defaults (the weights' are per RGB channel).
+def apply_model_preprocessing(recipe: Recipe, weights: str | None) -> None:
+    """Fill the preprocessing the recipe and flags leave unset with the start model's own, for
+    ImageFolder data (other data has its own): the one torchvision publishes with ``--weights``,
+    or the one saved in an srq model file given as the checkpoint. A model's accuracy holds only
+    with it. An image size given alone keeps the model's resize/crop ratio; its mean and std
+    apply only to its own channel count.
     """
     from srqcli.data import is_imagefolder_source
-    from srqcli.models.weights import weights_preprocessing
 
     d = recipe.data
-    if not is_imagefolder_source(d.source):
+    preset = model_preprocessing(recipe, weights) if is_imagefolder_source(d.source) else None
+    if not preset:
         return
-    preset = weights_preprocessing(recipe.model.arch, weights)
     if d.image_size is not None and {"image_size", "resize_size"} <= set(preset):
         preset["resize_size"] = round(d.image_size * preset["resize_size"] / preset["image_size"])
+    channels = preset.get("channels", 3)
     for key, value in preset.items():
-        if key in ("mean", "std") and d.channels not in (None, 3):
+        if key in ("mean", "std") and d.channels not in (None, channels):
+            continue
+        if key == "channels" and any(v is not None and len(v) != value for v in (d.mean, d.std)):
             continue
         if getattr(d, key) is None:
             setattr(d, key, value)
+
+
+def model_preprocessing(recipe: Recipe, weights: str | None) -> dict[str, Any] | None:
+    """The start model's own preprocessing as ``[data]`` settings, when it has one."""
+    if weights is not None:
+        from srqcli.models.weights import weights_preprocessing
+
+        return weights_preprocessing(recipe.model.arch, weights)
+    from srqcli.io.quantized import FLOAT, QUANTIZED, read_model_info, srq_format
+
+    path = recipe.model.checkpoint
+    if path is None or srq_format(path) not in (QUANTIZED, FLOAT):
+        return None
+    saved = read_model_info(path).preprocessing
+    return saved.to_dict() if saved is not None else None
 
 
 def apply_flags(base: Recipe, overrides: dict[str, Any], flags: dict[str, str],

@@ -107,11 +107,11 @@ def run_eval(target: str, *, data: str | None, checkpoint: str | None = None,
     bundle = load_datasets(DataSpec(source=source, batch_size=batch_size, workers=workers, strict=strict,
                                     **settings))
     bundle.refuse_preprocessing([FLAGS[key] for key in IMAGEFOLDER_ONLY if key in typed])
-    if bundle.preprocessing is not None:
-        console.print(f"[dim]preprocessing:[/] {bundle.preprocessing.describe()}", highlight=False)
     if info:
         bundle.check_fits(info.num_classes, info.in_channels,
                           f"pass --data like the model's training data ({info.recipe.data.source})")
+    if bundle.preprocessing is not None:
+        console.print(f"[dim]preprocessing:[/] {bundle.preprocessing.describe()}", highlight=False)
     dev = resolve_device(device)
     model, kind = load_target(target, path, checkpoint=checkpoint, num_classes=num_classes,
                               in_channels=bundle.in_channels, trust_pickle=trust_pickle,

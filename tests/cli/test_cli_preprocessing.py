@@ -130,6 +130,14 @@ def test_quantize_saves_the_preprocessing_and_eval_export_reuse_it(float_model, 
     assert onnx_eval.exit_code == 0, onnx_eval.output
     assert abs(json.loads(onnx_eval.stdout)["top1"] - metrics["quantized"]["top1"]) <= 1.0
 
+    # Fine-tuning the quantized model again starts from its saved preprocessing: no flags needed.
+    again = tmp_path / "again"
+    res = runner.invoke(app, ["quantize", "lenet5", "-c", str(out / "model.safetensors"), "--data", str(root),
+                              "--epochs", "0", "--batch-size", "64", "--out", str(again), "--quiet"])
+    assert res.exit_code == 0, res.output
+    data = load_recipe(str(again / "recipe.toml")).data
+    assert {key: getattr(data, key) for key in saved} == saved
+
 
 def test_channels_1_trains_a_1_channel_model_on_grayscale_pngs(tmp_path, eager_srq):
     """LeNet-5 with 1 input channel on an ImageFolder of grayscale PNGs: with ``--channels 1``
@@ -190,7 +198,7 @@ def test_weights_preprocessing_is_read_without_download():
 ])
 def test_weights_preprocessing_fills_what_is_unset_for_imagefolder_data(tmp_path, data, recipe, expect):
     """--weights: the weights' own values are the defaults; the recipe's and flags' win."""
-    from srqcli.cli.quantize import apply_weights_preprocessing
+    from srqcli.cli.quantize import apply_model_preprocessing
     from srqcli.config import Recipe
 
     cfg = Recipe()
@@ -202,7 +210,7 @@ def test_weights_preprocessing_fills_what_is_unset_for_imagefolder_data(tmp_path
     cfg.data.source = data
     for key, value in recipe.items():
         setattr(cfg.data, key, value)
-    apply_weights_preprocessing(cfg, "DEFAULT")
+    apply_model_preprocessing(cfg, "DEFAULT")
     assert {key: getattr(cfg.data, key) for key in expect} == expect
     cfg.validate()
 
