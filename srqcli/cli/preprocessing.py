@@ -13,7 +13,7 @@ import typer
 
 from srqcli.preprocessing import parse_floats
 
-_DEFAULT = "default: the model's own (saved in an srq model file, or the --weights'), else"
+_DEFAULT = "default: the model's own, saved in an srq model file or published with quantize --weights; else"
 
 ImageSize = Annotated[Optional[int], typer.Option(
     help=f"Input side in pixels: ImageFolder images are center-cropped to it (randomly when training), IDX and example images resized to it ({_DEFAULT} 224 for ImageFolder, the stored size for IDX).")]
