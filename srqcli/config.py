@@ -26,6 +26,7 @@ from srqcli.core.grid import MAX_BITS, MIN_BITS
 from srqcli.core.names import PI_MODES, VARIANTS
 from srqcli.errors import SrqError
 from srqcli.methods.names import METHODS
+from srqcli.preprocessing import check_preprocessing
 
 RECIPE_VERSION = 1
 BUILTIN_RECIPES = Path(__file__).parent / "recipes"
@@ -52,6 +53,12 @@ class DataConfig:
     train_limit: int | None = None
     val_limit: int | None = None
     strict: bool = False  # an unreadable ImageFolder image is an error, not a skipped sample
+    # How ImageFolder images are prepared (srqcli/preprocessing.py); None: the --weights' own
+    # values, else the model's input channels, bilinear and ImageNet's mean/std.
+    mean: list[float] | None = None  # one per channel
+    std: list[float] | None = None
+    channels: int | None = None  # 1: grayscale, 3: RGB
+    interpolation: str | None = None  # bilinear | bicubic | nearest
 
 
 @dataclass
@@ -126,6 +133,9 @@ class Recipe:
         for dotted, allowed in RANGES.items():
             section, key = dotted.split(".")
             check_range(dotted, getattr(getattr(self, section), key), allowed)
+        d = self.data
+        check_preprocessing(d.mean, d.std, d.channels, d.interpolation,
+                            {name: f"data.{name}" for name in ("mean", "std", "channels", "interpolation")})
         q = self.quant
         if q.output_bits != 0:
             check_range("quant.output_bits", q.output_bits, BITS)  # 0: off

@@ -9,6 +9,16 @@ import typer
 from rich.table import Table
 
 from srqcli.cli.app import Device, app, job_console, out_console, user_errors
+from srqcli.cli.preprocessing import (
+    Channels,
+    ImageSize,
+    Interpolation,
+    Mean,
+    ResizeSize,
+    Std,
+    typed_preprocessing,
+)
+from srqcli.preprocessing import FLAGS, check_preprocessing
 
 
 @app.command("eval")
@@ -17,6 +27,12 @@ def eval_command(
     target: Annotated[str, typer.Argument(help="Run folder, srq .safetensors or .onnx file, a float weights file (state_dict or TorchScript: the architecture is read from it), or an architecture name (with --checkpoint).")],
     arch: Annotated[Optional[str], typer.Option(help="Architecture of a float weights file (default: found from its tensor names and shapes).")] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="Dataset (default: the one the run used).")] = None,
+    image_size: ImageSize = None,
+    resize_size: ResizeSize = None,
+    mean: Mean = None,
+    std: Std = None,
+    channels: Channels = None,
+    interpolation: Interpolation = None,
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Float weights for an architecture name.")] = None,
     num_classes: Annotated[Optional[int], typer.Option(help="Classes (default: from the data).")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 256,
@@ -30,10 +46,12 @@ def eval_command(
     """Top-1, top-5, loss and images/s of a model on the held-out split."""
     from srqcli.workflow.evaluate import run_eval
 
+    typed = typed_preprocessing(image_size, resize_size, mean, std, channels, interpolation)
+    check_preprocessing(typed["mean"], typed["std"], channels, typed["interpolation"], FLAGS)
     res = run_eval(target, data=data, checkpoint=checkpoint, num_classes=num_classes,
                    batch_size=batch_size, workers=workers, device=device.value,
                    trust_pickle=trust_pickle, strict=strict, console=job_console(quiet),
-                   show_progress=not quiet, arch=arch)
+                   show_progress=not quiet, arch=arch, preprocessing=typed)
     m = res.metrics
     if as_json:
         deployed = res.deployed.to_dict() if res.deployed else None

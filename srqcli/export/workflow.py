@@ -27,6 +27,7 @@ from srqcli.export.packing import packed_nbytes
 from srqcli.io.atomic import atomic_path
 from srqcli.io.quantized import QUANTIZED, ModelInfo
 from srqcli.nn.graph import trace
+from srqcli.preprocessing import COLOR
 from srqcli.report.writer import REPORT_JSON, ReportFiles, write_report
 
 FORMATS = ("onnx", "safetensors")
@@ -113,8 +114,7 @@ def verification_batches(info: ModelInfo, data: str | None, batches: int, batch_
         return random_batches(input_shape(info), batches, batch_size), f"{batches}×{batch_size} random inputs"
     from srqcli.data import DataSpec, load_datasets, make_loaders
 
-    spec = DataSpec(source=data, batch_size=batch_size, image_size=info.image_size,
-                    resize_size=info.recipe.data.resize_size)
+    spec = DataSpec(source=data, batch_size=batch_size, **info.data_settings())  # the model's own preprocessing
     bundle = load_datasets(spec)
     bundle.check_fits(info.num_classes, info.in_channels,
                       "pass --data like the model's training data, or no --data (random inputs)")
@@ -157,9 +157,23 @@ def onnx_metadata(info: ModelInfo | None, frozen: FrozenModel, layout: str) -> d
         "srq.bit_allocation": json.dumps(bit_allocation(frozen), separators=(",", ":")),
     })
     if info is not None:
-        meta["srq.input"] = json.dumps({"name": "input", "layout": "NCHW", "channels": info.in_channels,
-                                        "size": info.image_size, "mean": list(info.mean), "std": list(info.std)})
+        meta["srq.input"] = json.dumps(input_description(info))
     return meta
+
+
+def input_description(info: ModelInfo) -> dict[str, Any]:
+    """``srq.input``: what a deployment feeds the ONNX graph, and how to prepare images for it
+    (resize the shorter side to ``resize_size`` with ``interpolation``, center-crop ``size``,
+    convert to ``color``, scale to [0, 1], subtract ``mean`` and divide by ``std`` per channel).
+    The preparation keys are absent for models srq trained on in-memory data (IDX, the example),
+    or before it recorded them."""
+    described: dict[str, Any] = {"name": "input", "layout": "NCHW", "channels": info.in_channels,
+                                 "size": info.image_size, "mean": list(info.mean), "std": list(info.std)}
+    p = info.preprocessing
+    if p is not None:
+        described.update({"resize_size": p.resize_size, "interpolation": p.interpolation,
+                          "color": COLOR[p.channels]})
+    return described
 
 
 def onnx_model_info(path: str | os.PathLike) -> ModelInfo:

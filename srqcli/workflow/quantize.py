@@ -41,6 +41,7 @@ from srqcli.nn.surgery import (
     quantizable_layers,
     quantize_model,
 )
+from srqcli.preprocessing import CHANNELS, FLAGS, IMAGEFOLDER_ONLY
 from srqcli.report import write_report
 from srqcli.report.stats import model_cluster_fraction, model_totals
 from srqcli.train import distributed
@@ -82,10 +83,29 @@ def seed_everything(seed: int) -> None:
 
 
 def data_spec(recipe: Recipe) -> DataSpec:
+    """The data the recipe names, prepared as it says. ImageFolder images take the model's input
+    channels when the recipe gives none (grayscale for a 1-channel model)."""
     d = recipe.data
+    model_channels = recipe.model.in_channels if recipe.model.in_channels in CHANNELS else None
     return DataSpec(source=d.source, batch_size=d.batch_size, workers=d.workers,
                     image_size=d.image_size, resize_size=d.resize_size,
-                    train_limit=d.train_limit, val_limit=d.val_limit, strict=d.strict)
+                    train_limit=d.train_limit, val_limit=d.val_limit, strict=d.strict,
+                    mean=d.mean, std=d.std, channels=d.channels or model_channels,
+                    interpolation=d.interpolation)
+
+
+def record_preprocessing(recipe: Recipe, data: DatasetBundle) -> None:
+    """Write the preprocessing ``data`` was loaded with into ``recipe.data``, defaults included,
+    so the saved recipe, the resume state and the model file replay exactly that; refuse the
+    ImageFolder-only keys for other data rather than ignore them. ``recipe`` is the run's own copy.
+    """
+    d, p = recipe.data, data.preprocessing
+    if p is None:
+        data.refuse_preprocessing([f"{FLAGS[key]} (data.{key})" for key in IMAGEFOLDER_ONLY
+                                   if getattr(d, key) is not None])
+        return
+    for key, value in p.to_dict().items():
+        setattr(d, key, value)
 
 
 def build_float_model(recipe: Recipe, data: DatasetBundle, weights: dict | nn.Module | None
@@ -120,11 +140,14 @@ class Job:
         self.amp = recipe.train.amp
         seed_everything(recipe.train.seed)
         self.data = load_datasets(data_spec(recipe))
+        record_preprocessing(recipe, self.data)
         world = distributed.world_size()
         self.train_loader, self.val_loader = make_loaders(
             self.data, recipe.data.batch_size, recipe.data.workers, recipe.train.seed,
             distributed.rank() if world > 1 else 0, world)
         console.print(f"[dim]data:[/] {self.data.description}")
+        if self.data.preprocessing is not None:
+            console.print(f"[dim]preprocessing:[/] {self.data.preprocessing.describe()}", highlight=False)
         if world > 1:
             console.print(f"[dim]distributed:[/] {world} processes, global batch "
                           f"{recipe.data.batch_size} = {world} × {self.train_loader.batch_size}")
@@ -134,7 +157,8 @@ class Job:
         return ModelInfo(arch=m.arch, num_classes=m.num_classes or self.data.num_classes,
                          in_channels=m.in_channels or self.data.in_channels,
                          image_size=self.data.image_size, recipe=self.recipe, plan=plan,
-                         mean=self.data.mean, std=self.data.std, metrics=metrics or {})
+                         mean=self.data.mean, std=self.data.std, metrics=metrics or {},
+                         preprocessing=self.data.preprocessing)
 
     def quantize(self, model: nn.Module, q: QuantConfig, state: dict[str, Any] | None,
                  start_plan: list[LayerBits] | None = None) -> tuple[nn.Module, list[LayerBits]]:
