@@ -38,6 +38,7 @@ from srqcli.nn.surgery import (
     float_state_dict,
     is_quantizer_key,
     plan_bits,
+    output_sites,
     quantizable_layers,
     quantize_model,
 )
@@ -185,7 +186,9 @@ class Job:
             plan = start_plan
             _check_start_plan(plan, plan_bits([n for n, _ in quantizable_layers(model)], q),
                               self.recipe.model.checkpoint)
-            _check_start_outputs(plan, q.output_bits or None, self.recipe.model.checkpoint)
+            shape = (2, self.data.in_channels, self.data.image_size, self.data.image_size)
+            _check_start_outputs(plan, q.output_bits or None, self.recipe.model.checkpoint,
+                                 lambda: bool(output_sites(model, shape)))
         attach_quantizers(model, plan, q)
         return model, plan
 
@@ -338,10 +341,16 @@ def _check_start_plan(saved: list[LayerBits], requested: list[LayerBits], path: 
                    "--bit-config OUT/bits.toml) or start from a float checkpoint")
 
 
-def _check_start_outputs(saved: list[LayerBits], output_bits: int | None, path: str | None) -> None:
-    """A quantized start file keeps its output quantizers (``--output-bits``): ask for the same."""
+def _check_start_outputs(saved: list[LayerBits], output_bits: int | None, path: str | None,
+                         has_sites: Callable[[], bool]) -> None:
+    """A quantized start file keeps its output quantizers (``--output-bits``): ask for the same.
+
+    A file without any fits every ``--output-bits`` when the model has no output to quantize
+    (``has_sites``: e.g. LeNet-5, whose every layer output feeds the next layer's quantizer)."""
     have = {p.output_bits for p in saved if p.output_bits is not None}
     if have == ({output_bits} if output_bits is not None else set()):
+        return
+    if not have and not has_sites():
         return
     made = f"--output-bits {have.pop()}" if have else "--output-bits 0"
     raise SrqError(f"{path} was quantized with {made}; pass the same or start from a float checkpoint")
