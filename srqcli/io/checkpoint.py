@@ -72,6 +72,18 @@ def read_state_dict(
     return _extract_state_dict(loaded, file, trust_pickle=trust_pickle)
 
 
+#: What :func:`weights_kind` calls a ``torch.export`` file.
+EXPORTED_PROGRAM = "torch.export program"
+
+
+def weights_kind(file: Path) -> str:
+    """What a readable weights file holds, in words for notes: a ``state_dict``, a
+    ``TorchScript model`` or a :data:`EXPORTED_PROGRAM`."""
+    if pt2.is_pt2(file):
+        return EXPORTED_PROGRAM
+    return "TorchScript model" if _is_torchscript(file) else "state_dict"
+
+
 def load_into(
     model: nn.Module, source: dict[str, torch.Tensor] | nn.Module, *, arch: str
 ) -> nn.Module:
@@ -111,7 +123,7 @@ def load_into(
     if problems:
         raise SrqError(
             f"checkpoint does not fit {arch}: {', '.join(problems)}; "
-            "check --arch, --num-classes and the input channels"
+            "check the architecture, --num-classes and the input channels"
         )
 
     model.load_state_dict(

@@ -299,7 +299,7 @@ def fit_error(model: nn.Module, weights: dict[str, torch.Tensor]) -> str:
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("checkpoint does not fit tiny: ")
-    assert message.endswith("; check --arch, --num-classes and the input channels")
+    assert message.endswith("; check the architecture, --num-classes and the input channels")
     return message
 
 
