@@ -59,7 +59,8 @@ def load_target(target: str, path: Path | None, *, checkpoint: str | None,
     if checkpoint:
         load_into(model, read_state_dict(checkpoint, trust_pickle=trust_pickle), arch=target)
     else:
-        raise SrqError(f"{target!r} is an architecture name: pass its weights with --checkpoint")
+        what = "code that builds a model" if is_import_path(target) else "an architecture name"
+        raise SrqError(f"{target!r} is {what}: pass its weights with --checkpoint")
     return model, "float"
 
 
