@@ -141,6 +141,9 @@ def recipe_for(cfg: dict[str, Any], cell: Cell) -> Recipe:
     data.setdefault("data", {})["source"] = cfg["data"]
     data.setdefault("train", {})["seed"] = cell.seed
     quant = data.setdefault("quant", {})
+    # The published protocols quantize layer inputs only: keep that unless a config asks for
+    # output quantizers (srq quantize's default since the deploy model, 8 bits).
+    quant.setdefault("output_bits", 0)
     if cell.bits is not None:
         quant["weight_bits"] = quant["act_bits"] = cell.bits
     if cell.method not in ("float", "srq"):

@@ -26,6 +26,7 @@ from srqcli.core.grid import MAX_BITS, MIN_BITS
 from srqcli.core.names import PI_MODES, VARIANTS
 from srqcli.errors import SrqError
 from srqcli.methods.names import METHODS
+from srqcli.preprocessing import check_preprocessing
 
 RECIPE_VERSION = 1
 BUILTIN_RECIPES = Path(__file__).parent / "recipes"
@@ -52,6 +53,12 @@ class DataConfig:
     train_limit: int | None = None
     val_limit: int | None = None
     strict: bool = False  # an unreadable ImageFolder image is an error, not a skipped sample
+    # How ImageFolder images are prepared (srqcli/preprocessing.py); None: the --weights' own
+    # values, else the model's input channels, bilinear and ImageNet's mean/std.
+    mean: list[float] | None = None  # one per channel
+    std: list[float] | None = None
+    channels: int | None = None  # 1: grayscale, 3: RGB
+    interpolation: str | None = None  # bilinear | bicubic | nearest
 
 
 @dataclass
@@ -60,7 +67,9 @@ class QuantConfig:
     weight_bits: int = 4
     act_bits: int = 4
     input_bits: int = 8  # the network input
-    output_bits: int | None = None  # quantize float-read layer outputs too (srqcli/nn/output_quant.py)
+    # quantize float-read layer outputs too (srqcli/nn/output_quant.py), so every conv of the
+    # exported file is an integer kernel (fast and bit-exact); 0: leave them float
+    output_bits: int = 8
     first_last_bits: int | None = None  # None: first/last layers use weight_bits/act_bits
     skip: list[str] = field(default_factory=list)  # fnmatch patterns of layers left float
     per_channel: bool = False
@@ -124,7 +133,12 @@ class Recipe:
         for dotted, allowed in RANGES.items():
             section, key = dotted.split(".")
             check_range(dotted, getattr(getattr(self, section), key), allowed)
+        d = self.data
+        check_preprocessing(d.mean, d.std, d.channels, d.interpolation,
+                            {name: f"data.{name}" for name in ("mean", "std", "channels", "interpolation")})
         q = self.quant
+        if q.output_bits != 0:
+            check_range("quant.output_bits", q.output_bits, BITS)  # 0: off
         for pattern, bits in q.layers.items():
             if not isinstance(bits, dict):
                 raise SrqError(f"quant.layers.{pattern!r} must be a table like {{ weight_bits = 3 }}, "
@@ -217,8 +231,7 @@ RANGES: dict[str, Range] = {
     "data.calib_batches": POSITIVE_COUNT,
     "data.train_limit": POSITIVE_COUNT,
     "data.val_limit": POSITIVE_COUNT,
-    **{f"quant.{key}": BITS for key in ("weight_bits", "act_bits", "input_bits", "output_bits",
-                                        "first_last_bits")},
+    **{f"quant.{key}": BITS for key in ("weight_bits", "act_bits", "input_bits", "first_last_bits")},
     "quant.window": Range(1, 64),
     "quant.sigma_init": Range(0.05, 0.5),  # σ/α
     # Above α/2 the default edge window (w ≤ 5, core.srq.default_window) loses accuracy.

@@ -121,7 +121,7 @@ OUT_OF_RANGE = [
     ("model.num_classes", 1), ("model.in_channels", 0), ("model.pretrain_epochs", -1),
     ("model.pretrain_lr", 0.0), ("model.pretrain_lr", 11.0),
     ("data.image_size", 0), ("data.resize_size", -4), ("data.batch_size", 0), ("data.workers", -1),
-    ("data.calib_batches", 0), ("data.train_limit", 0), ("data.val_limit", -1),
+    ("data.calib_batches", 0), ("data.train_limit", 0), ("data.val_limit", -1), ("data.channels", 2),
     ("quant.weight_bits", 9), ("quant.act_bits", 1), ("quant.input_bits", 0),
     ("quant.output_bits", 16), ("quant.first_last_bits", 1), ("quant.window", 0),
     ("quant.window", 65), ("quant.sigma_init", 0.01), ("quant.sigma_max", 0.75),
@@ -189,3 +189,26 @@ def test_search_settings_round_trip_as_a_search_table():
     data = tomllib.loads(to_toml(load_recipe("example"), cfg))
     assert SearchConfig(**data.pop("search")) == cfg
     assert recipe_from_dict(data) == load_recipe("example")
+
+
+@pytest.mark.parametrize("table,match", [
+    ("mean = [0.5, 0.5]", r"^data\.mean has 2 values; give one per channel: 3 for RGB images, 1 for grayscale$"),
+    ("channels = 3\nstd = [0.5]", r"^data\.std has 1 value but the images have 3 channels \(RGB\)"),
+    ("std = [0.5, 0.0, 0.5]", r"^data\.std must be positive .*got \(0\.5, 0, 0\.5\)$"),
+    ("mean = [0.5]\nstd = [0.2, 0.2, 0.2]", r"^data\.std has 3 values but data\.mean has 1"),
+    ("mean = [0.5, nan, 0.5]", r"^data\.mean must be finite numbers"),
+    ('interpolation = "lanczos"', r"^data\.interpolation must be one of bilinear, bicubic, nearest, got 'lanczos'$"),
+    ('mean = ["a"]', r"^recipe key 'data\.mean' has the wrong type"),
+])
+def test_preprocessing_keys_are_checked(tmp_path, table, match):
+    p = tmp_path / "r.toml"
+    p.write_text(f"[data]\n{table}\n")
+    with pytest.raises(SrqError, match=match):
+        load_recipe(str(p))
+
+
+def test_preprocessing_keys_round_trip():
+    recipe = recipe_from_dict({"data": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "channels": 3,
+                                        "interpolation": "bicubic", "image_size": 32, "resize_size": 36}})
+    again = recipe_from_dict(tomllib.loads(to_toml(recipe)))
+    assert again.data == recipe.data and again.data.mean == [0.5, 0.5, 0.5]

@@ -17,9 +17,19 @@ from srqcli.cli.app import (
     out_console,
     user_errors,
 )
+from srqcli.cli.preprocessing import (
+    Channels,
+    ImageSize,
+    Interpolation,
+    Mean,
+    ResizeSize,
+    Std,
+    typed_preprocessing,
+)
 from srqcli.config import Recipe, apply_overrides, load_recipe, resolve_recipe_path
 from srqcli.errors import SrqError
 from srqcli.methods.names import METHODS
+from srqcli.preprocessing import FLAGS
 
 Method = Enum("Method", {m: m for m in METHODS}, type=str)
 
@@ -31,12 +41,18 @@ def quantize(
     weights: Annotated[Optional[str], typer.Option(help="torchvision pretrained weights of the MODEL architecture (e.g. IMAGENET1K_V1, DEFAULT), from torch's hub cache.")] = None,
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Float weights: state_dict .pt/.pth, .safetensors or TorchScript.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="ImageFolder (train/, val/), IDX folder, or 'example'.")] = None,
+    image_size: ImageSize = None,
+    resize_size: ResizeSize = None,
+    mean: Mean = None,
+    std: Std = None,
+    channels: Channels = None,
+    interpolation: Interpolation = None,
     recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe TOML file or built-in name (srq recipes).")] = None,
     bits: Annotated[Optional[int], typer.Option("--bits", "-b", help="Weight and activation bits (2–8).")] = None,
     weight_bits: Annotated[Optional[int], typer.Option(help="Weight bits (overrides --bits).")] = None,
     act_bits: Annotated[Optional[int], typer.Option(help="Activation bits (overrides --bits).")] = None,
     first_last_bits: Annotated[Optional[int], typer.Option(help="Bits of the first and last layer (e.g. 8, the LSQ protocol).")] = None,
-    output_bits: Annotated[Optional[int], typer.Option(help="Also quantize, in training, the layer outputs no quantizer reads (residual branches, a stem feeding a skip connection) to this many bits (8 recommended), so `srq export` runs every conv as an integer kernel and stays exact.")] = None,
+    output_bits: Annotated[Optional[int], typer.Option(help="Bits of the layer outputs no quantizer reads (residual branches, a stem feeding a skip connection), quantized in training too, so `srq export` runs every conv as an integer kernel: fast and bit-exact (default 8; 0 leaves them float, as published protocols do).")] = None,
     skip: Annotated[Optional[list[str]], typer.Option(help="Leave layers matching this pattern float (repeatable).")] = None,
     bit_config: Annotated[Optional[Path], typer.Option(help="Per-layer bits TOML (\\[layers] \"name\" = {weight_bits=…}).")] = None,
     per_channel: Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help="Per-output-channel weight steps.")] = None,
@@ -98,6 +114,8 @@ def quantize(
         ("data.source", "--data", data), ("data.batch_size", "--batch-size", batch_size),
         ("data.workers", "--workers", workers), ("data.calib_batches", "--calib-batches", calib_batches),
         ("data.strict", "--strict", strict or None),
+        *((f"data.{key}", FLAGS[key], value) for key, value in typed_preprocessing(
+            image_size, resize_size, mean, std, channels, interpolation).items()),
         ("quant.weight_bits", "--weight-bits" if weight_bits is not None else "--bits",
          weight_bits if weight_bits is not None else bits),
         ("quant.act_bits", "--act-bits" if act_bits is not None else "--bits",
@@ -118,6 +136,7 @@ def quantize(
         flags["model.arch"] = "the MODEL argument"
     cfg = apply_flags(base, {key: value for key, _, value in settings}, flags,
                       origin=resolve_recipe_path(recipe) if recipe else None)
+    apply_model_preprocessing(cfg, weights)
     if out is None:
         from srqcli.models.user import folder_name
 
@@ -135,6 +154,46 @@ def quantize(
                           console=console, show_progress=not quiet)
     if is_main():  # under torchrun the other processes stay quiet
         print_quantize_summary(result, cfg)
+
+
+def apply_model_preprocessing(recipe: Recipe, weights: str | None) -> None:
+    """Fill the preprocessing the recipe and flags leave unset with the start model's own, for
+    ImageFolder data (other data has its own): the one torchvision publishes with ``--weights``,
+    or the one saved in an srq model file given as the checkpoint. A model's accuracy holds only
+    with it. An image size given alone keeps the model's resize/crop ratio; its mean and std
+    apply only to its own channel count.
+    """
+    from srqcli.data import is_imagefolder_source
+
+    d = recipe.data
+    preset = model_preprocessing(recipe, weights) if is_imagefolder_source(d.source) else None
+    if not preset:
+        return
+    if d.image_size is not None and {"image_size", "resize_size"} <= set(preset):
+        preset["resize_size"] = round(d.image_size * preset["resize_size"] / preset["image_size"])
+    channels = preset.get("channels", 3)
+    for key, value in preset.items():
+        if key in ("mean", "std") and d.channels not in (None, channels):
+            continue
+        if key == "channels" and any(v is not None and len(v) != value for v in (d.mean, d.std)):
+            continue
+        if getattr(d, key) is None:
+            setattr(d, key, value)
+
+
+def model_preprocessing(recipe: Recipe, weights: str | None) -> dict[str, Any] | None:
+    """The start model's own preprocessing as ``[data]`` settings, when it has one."""
+    if weights is not None:
+        from srqcli.models.weights import weights_preprocessing
+
+        return weights_preprocessing(recipe.model.arch, weights)
+    from srqcli.io.quantized import FLOAT, QUANTIZED, read_model_info, srq_format
+
+    path = recipe.model.checkpoint
+    if path is None or srq_format(path) not in (QUANTIZED, FLOAT):
+        return None
+    saved = read_model_info(path).preprocessing
+    return saved.to_dict() if saved is not None else None
 
 
 def apply_flags(base: Recipe, overrides: dict[str, Any], flags: dict[str, str],
@@ -157,15 +216,23 @@ def print_quantize_summary(result: Any, cfg: Recipe) -> None:
     table.add_column("")
     table.add_column("float", justify="right")
     table.add_column(cfg.quant.method, justify="right")  # the method that ran: srq, lsq, …
-    f, q = result.float_metrics, result.quant_metrics
-    table.add_row("top-1 (val)", f"{f.top1:.2f}%", f"{q.top1:.2f}%")
-    table.add_row("top-5 (val)", f"{f.top5:.2f}%", f"{q.top5:.2f}%")
-    table.add_row("loss (val)", f"{f.loss:.4f}", f"{q.loss:.4f}")
-    table.add_row("weight bits (avg)", "32", f"{s['avg_weight_bits']:.2f}")
+    table.add_column("deployed", justify="right")  # the file srq export writes (srqcli.deploy)
+    f, q, d = result.float_metrics, result.quant_metrics, result.deployed_metrics
+    na = "n/a"
+    table.add_row("top-1 (val)", f"{f.top1:.2f}%", f"{q.top1:.2f}%", f"{d.top1:.2f}%" if d else na)
+    table.add_row("top-5 (val)", f"{f.top5:.2f}%", f"{q.top5:.2f}%", f"{d.top5:.2f}%" if d else na)
+    table.add_row("loss (val)", f"{f.loss:.4f}", f"{q.loss:.4f}", f"{d.loss:.4f}" if d else na)
+    table.add_row("weight bits (avg)", "32", f"{s['avg_weight_bits']:.2f}", "")
     acts = sorted({p.act_bits for p in result.plan})
-    table.add_row("activation bits", "32", "/".join(map(str, acts)))
-    table.add_row("size", _kib(s["float_bytes"]), f"{_kib(s['packed_bytes'])} ({s['compression']:.1f}× smaller)")
+    table.add_row("activation bits", "32", "/".join(map(str, acts)), "")
+    table.add_row("size", _kib(s["float_bytes"]), f"{_kib(s['packed_bytes'])} ({s['compression']:.1f}× smaller)", "")
     out_console.print(table)
+    if d is None:
+        out_console.print(f"deployed: n/a, this model cannot be exported ({result.undeployable})",
+                          highlight=False, soft_wrap=True)
+    else:
+        out_console.print("deployed: the ONNX file srq export writes, run with onnxruntime's integer "
+                          "arithmetic; its accuracy is what you ship", highlight=False, soft_wrap=True)
     # soft_wrap: one line in a log file too (Rich would break it at 80 columns there).
     out_console.print(f"saved [bold]{result.out / 'model.safetensors'}[/] (+ metrics.json, recipe.toml, report.md, bits.png)",
                       soft_wrap=True)

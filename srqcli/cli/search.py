@@ -36,7 +36,7 @@ def search_bits(
     max_bits: Annotated[int | None, typer.Option(help="Most weight bits a layer may get (default 4).")] = None,
     pin: Annotated[list[str] | None, typer.Option(help="Fixed weight bits, e.g. 'conv1=8,fc=8' (repeatable).")] = None,
     act_bits: Annotated[int | None, typer.Option(help="Activation bits (fixed; default from the recipe).")] = None,
-    output_bits: Annotated[int | None, typer.Option(help="Also quantize the layer outputs no quantizer reads (residual branches, a stem feeding a skip connection) to this many bits, as srq quantize --output-bits does; the fine-tune from the searched file must use the same value.")] = None,
+    output_bits: Annotated[int | None, typer.Option(help="Bits of the layer outputs no quantizer reads (residual branches, a stem feeding a skip connection), as srq quantize --output-bits (default 8; 0: float); the fine-tune from the searched file must use the same value.")] = None,
     strategy: Annotated[Strategy | None, typer.Option(help="learned (gates, docs/method.md §6) or sensitivity (Fisher + knapsack).")] = None,
     gate_structure: Annotated[GateStructure | None, typer.Option(help="Gate levels: lsb (resolution, default) or top (range rings).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Search epochs (learned).")] = None,

@@ -15,7 +15,7 @@ from srqcli.data.loaders import make_loaders
 from srqcli.data.spec import DatasetBundle, DataSpec
 from srqcli.errors import SrqError
 
-__all__ = ["DataSpec", "DatasetBundle", "load_datasets", "make_loaders"]
+__all__ = ["DataSpec", "DatasetBundle", "is_imagefolder_source", "load_datasets", "make_loaders"]
 
 EXAMPLE = "example"
 
@@ -42,3 +42,11 @@ def load_datasets(spec: DataSpec) -> DatasetBundle:
         "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, optionally .gz) nor an ImageFolder dataset "
         "(train/<class>/ and val/<class>/ with images)"
     )
+
+
+def is_imagefolder_source(source: str) -> bool:
+    """Whether :func:`load_datasets` reads ``source`` as an ImageFolder tree (in the same order:
+    a folder of IDX files is IDX even if it also has a ``train/``)."""
+    path = Path(source).expanduser()
+    return (source != EXAMPLE and path.is_dir() and find_idx_files(path) is None
+            and is_imagefolder(path))

@@ -37,11 +37,14 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0, negative_gamma: float =
 @torch.no_grad()
 def quantize_untrained(model: nn.Module, input_shape: tuple[int, ...], *, weight_bits: int = 4,
                        act_bits: int = 4, per_channel: bool = False, input_bits: int = 8,
-                       batches: int = 2, seed: int = 0, **cfg_overrides) -> nn.Module:
-    """Quantize ``model`` in place (srq surgery) calibrated on ``batches`` random inputs."""
+                       output_bits: int = 0, batches: int = 2, seed: int = 0, **cfg_overrides) -> nn.Module:
+    """Quantize ``model`` in place (srq surgery) calibrated on ``batches`` random inputs.
+
+    ``output_bits`` is 0 (layer inputs only) unless asked: export tests and benchmarks name
+    each layout they cover, rather than inherit ``srq quantize``'s default."""
     gen = torch.Generator().manual_seed(seed)
     cfg = QuantConfig(weight_bits=weight_bits, act_bits=act_bits, input_bits=input_bits,
-                      per_channel=per_channel, **cfg_overrides)
+                      per_channel=per_channel, output_bits=output_bits, **cfg_overrides)
     data = [torch.randn(input_shape, generator=gen) for _ in range(batches)]
     model.eval()
     quantize_model(model, cfg, data, seed=seed)
@@ -63,6 +66,7 @@ def write_quantized_file(path, arch: str = "lenet5", *, model: nn.Module | None 
     recipe.data.source = data_source
     recipe.quant.weight_bits, recipe.quant.act_bits = weight_bits, act_bits
     recipe.quant.per_channel = per_channel
+    recipe.quant.output_bits = 0  # as quantize_untrained: layer inputs only unless asked
     for key, value in quant.items():  # other QuantConfig fields, e.g. layers={"fc*": {...}}
         setattr(recipe.quant, key, value)
     gen = torch.Generator().manual_seed(seed)

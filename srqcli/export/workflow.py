@@ -27,6 +27,7 @@ from srqcli.export.packing import packed_nbytes
 from srqcli.io.atomic import atomic_path
 from srqcli.io.quantized import QUANTIZED, ModelInfo
 from srqcli.nn.graph import trace
+from srqcli.preprocessing import COLOR
 from srqcli.report.writer import REPORT_JSON, ReportFiles, write_report
 
 FORMATS = ("onnx", "safetensors")
@@ -113,8 +114,7 @@ def verification_batches(info: ModelInfo, data: str | None, batches: int, batch_
         return random_batches(input_shape(info), batches, batch_size), f"{batches}×{batch_size} random inputs"
     from srqcli.data import DataSpec, load_datasets, make_loaders
 
-    spec = DataSpec(source=data, batch_size=batch_size, image_size=info.image_size,
-                    resize_size=info.recipe.data.resize_size)
+    spec = DataSpec(source=data, batch_size=batch_size, **info.data_settings())  # the model's own preprocessing
     bundle = load_datasets(spec)
     bundle.check_fits(info.num_classes, info.in_channels,
                       "pass --data like the model's training data, or no --data (random inputs)")
@@ -157,9 +157,23 @@ def onnx_metadata(info: ModelInfo | None, frozen: FrozenModel, layout: str) -> d
         "srq.bit_allocation": json.dumps(bit_allocation(frozen), separators=(",", ":")),
     })
     if info is not None:
-        meta["srq.input"] = json.dumps({"name": "input", "layout": "NCHW", "channels": info.in_channels,
-                                        "size": info.image_size, "mean": list(info.mean), "std": list(info.std)})
+        meta["srq.input"] = json.dumps(input_description(info))
     return meta
+
+
+def input_description(info: ModelInfo) -> dict[str, Any]:
+    """``srq.input``: what a deployment feeds the ONNX graph, and how to prepare images for it
+    (resize the shorter side to ``resize_size`` with ``interpolation``, center-crop ``size``,
+    convert to ``color``, scale to [0, 1], subtract ``mean`` and divide by ``std`` per channel).
+    The preparation keys are absent for models srq trained on in-memory data (IDX, the example),
+    or before it recorded them."""
+    described: dict[str, Any] = {"name": "input", "layout": "NCHW", "channels": info.in_channels,
+                                 "size": info.image_size, "mean": list(info.mean), "std": list(info.std)}
+    p = info.preprocessing
+    if p is not None:
+        described.update({"resize_size": p.resize_size, "interpolation": p.interpolation,
+                          "color": COLOR[p.channels]})
+    return described
 
 
 def onnx_model_info(path: str | os.PathLike) -> ModelInfo:
@@ -217,6 +231,49 @@ def calibrate_requant(model: nn.Module, traced, frozen: FrozenModel, layers: lis
 
 
 @_eager
+def onnx_proto(model: nn.Module, shape: tuple[int, ...], *, info: ModelInfo | None = None, layout: str = "qdq",
+               opset: int | None = None, requant_batches: list[torch.Tensor] | None = None,
+               float_unfused: bool = False):
+    """The checked ONNX model of a quantized ``model`` (NCHW ``shape``, any batch size), with
+    the builder's stats, the trace, the frozen layers and the ``--requant`` steps (or ``None``).
+
+    One-line :class:`SrqError` when the graph fails ``onnx.checker`` or breaks the x86 pair
+    bound. Shared by :func:`export_onnx` and the deploy model :func:`srqcli.deploy.build`, so
+    the model srq evaluates is built exactly as the file it writes.
+    """
+    import onnx
+
+    from srqcli.export.pair_bound import pair_bound_violations
+    from srqcli.export.to_onnx import build_onnx, check_opset, output_layer
+
+    opset = check_opset(layout, opset)
+    shape = (2, *shape[1:])
+    traced = trace(model, shape)
+    frozen = freeze_model(model, traced.bn_folds)
+    steps = None
+    if requant_batches is not None:
+        if layout != "qdq":
+            raise SrqError("--requant applies to the qdq layout only (packed layers never fuse)")
+        _, probe = build_onnx(traced, frozen, layout=layout, opset=opset)
+        last = output_layer(traced, frozen)
+        targets = [n for n in probe.float_output_layers if last is None or n != last.name]
+        steps = calibrate_requant(model, traced, frozen, targets, requant_batches)
+    meta = onnx_metadata(info, frozen, layout)
+    meta["srq.requantized_outputs"] = json.dumps(steps or {})
+    proto, stats = build_onnx(traced, frozen, layout=layout, opset=opset, metadata=meta, requant=steps,
+                              float_unfused=float_unfused)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # onnx.checker.ValidationError, shape inference errors
+        raise SrqError(f"the exported graph fails onnx.checker ({short_reason(exc)}); please report this") from exc
+    violations = pair_bound_violations(proto)
+    if violations:  # only models quantized before srq made 8-bit-input layers' weights 7-bit
+        raise SrqError(f"cannot export, nothing written: {violations[0].describe()}; quantize the float "
+                       "model again with this srq, which trains such layers with 7-bit weights")
+    return proto, stats, traced, frozen, steps
+
+
+@_eager
 def export_onnx(model: nn.Module, info: ModelInfo | None, out: str | os.PathLike, *, layout: str = "qdq",
                 opset: int | None = None, verify: bool = True,
                 batches: list[torch.Tensor] | None = None, inputs: str = "random",
@@ -234,8 +291,7 @@ def export_onnx(model: nn.Module, info: ModelInfo | None, out: str | os.PathLike
     """
     import onnx
 
-    from srqcli.export.pair_bound import pair_bound_violations
-    from srqcli.export.to_onnx import build_onnx, check_opset, output_layer, output_step
+    from srqcli.export.to_onnx import check_opset, output_step
     from srqcli.export.verify import random_batches, verify_onnx
 
     opset = check_opset(layout, opset)
@@ -244,31 +300,11 @@ def export_onnx(model: nn.Module, info: ModelInfo | None, out: str | os.PathLike
         if info is None:
             raise ValueError("export_onnx needs info or shape")
         shape = input_shape(info)
-    shape = (2, *shape[1:])
-    traced = trace(model, shape)
-    frozen = freeze_model(model, traced.bn_folds)
     if batches is None:
-        batches = random_batches(shape, 2)
-    steps = None
-    if requant:
-        if layout != "qdq":
-            raise SrqError("--requant applies to the qdq layout only (packed layers never fuse)")
-        _, probe = build_onnx(traced, frozen, layout=layout, opset=opset)
-        last = output_layer(traced, frozen)
-        targets = [n for n in probe.float_output_layers if last is None or n != last.name]
-        steps = calibrate_requant(model, traced, frozen, targets, batches)
-    meta = onnx_metadata(info, frozen, layout)
-    meta["srq.requantized_outputs"] = json.dumps(steps or {})
-    proto, stats = build_onnx(traced, frozen, layout=layout, opset=opset, metadata=meta, requant=steps,
-                              float_unfused=float_unfused)
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except Exception as exc:  # onnx.checker.ValidationError, shape inference errors
-        raise SrqError(f"the exported graph fails onnx.checker ({short_reason(exc)}); please report this") from exc
-    violations = pair_bound_violations(proto)
-    if violations:  # only models quantized before srq made 8-bit-input layers' weights 7-bit
-        raise SrqError(f"cannot export, nothing written: {violations[0].describe()}; quantize the float "
-                       "model again with this srq, which trains such layers with 7-bit weights")
+        batches = random_batches((2, *shape[1:]), 2)
+    proto, stats, traced, frozen, steps = onnx_proto(model, shape, info=info, layout=layout, opset=opset,
+                                                     requant_batches=batches if requant else None,
+                                                     float_unfused=float_unfused)
     report = None
     with atomic_path(out) as tmp:
         onnx.save(proto, str(tmp))

@@ -2,7 +2,9 @@
 
 Both are plain tensors plus JSON metadata, so loading them never unpickles anything. The
 metadata says everything needed to rebuild the module tree: architecture, classes, input
-channels and size, the resolved recipe and, for quantized files, the per-layer bit plan.
+channels and size, the resolved recipe and, for quantized files, the per-layer bit plan; and
+how inputs are prepared (``normalization``; ``preprocessing``, the whole transform of a model
+trained on ImageFolder data, absent from files written before srq recorded it).
 
 Format (``format = "srq.quantized"`` or ``"srq.float"``, ``format_version = 1``): tensor names
 are the model's ``state_dict`` keys; the quantizers add ``<layer>.weight_quant.log_alpha``,
@@ -28,6 +30,7 @@ from srqcli.errors import SrqError, short_reason
 from srqcli.io.atomic import save_safetensors_atomic
 from srqcli.models import build_model, check_input_size
 from srqcli.nn.surgery import LayerBits, rebuild_quantized
+from srqcli.preprocessing import Preprocessing
 
 FORMAT_VERSION = 1
 QUANTIZED = "srq.quantized"
@@ -47,6 +50,7 @@ class ModelInfo:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     metrics: dict[str, Any] = field(default_factory=dict)
+    preprocessing: Preprocessing | None = None  # ImageFolder models (older files: None)
 
     @property
     def quantized(self) -> bool:
@@ -65,7 +69,18 @@ class ModelInfo:
             "plan": json.dumps([asdict(p) for p in self.plan]),
             "normalization": json.dumps({"mean": list(self.mean), "std": list(self.std)}),
             "metrics": json.dumps(self.metrics),
+            **({"preprocessing": json.dumps(self.preprocessing.to_dict())} if self.preprocessing else {}),
         }
+
+    def data_settings(self) -> dict[str, Any]:
+        """The :class:`~srqcli.data.DataSpec` keywords that prepare data as this model expects:
+        its saved preprocessing or, in a file without one, its input size and the recipe's
+        resize size (all that srq used to record; the rest was always the default)."""
+        p = self.preprocessing
+        if p is None:
+            return {"image_size": self.image_size, "resize_size": self.recipe.data.resize_size}
+        return {"image_size": p.image_size, "resize_size": p.resize_size, "mean": p.mean,
+                "std": p.std, "channels": p.channels, "interpolation": p.interpolation}
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], path: Path) -> ModelInfo:
@@ -88,6 +103,11 @@ class ModelInfo:
             raise _damaged(path, f"{type(exc).__name__}: {short_reason(exc)}") from exc
         except SrqError as exc:  # the stored recipe fails validation
             raise _damaged(path, f"recipe: {exc}") from exc
+        if "preprocessing" in meta:
+            try:
+                info.preprocessing = Preprocessing.from_dict(json.loads(meta["preprocessing"]))
+            except (ValueError, SrqError) as exc:
+                raise _damaged(path, f"preprocessing: {short_reason(exc)}") from exc
         for key in ("num_classes", "in_channels", "image_size"):
             if getattr(info, key) < 1:
                 raise _damaged(path, f"{key} = {getattr(info, key)}")

@@ -8,8 +8,10 @@ it is missing and the machine is online; offline, the one-line error names the f
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from srqcli.errors import SrqError, short_reason
+from srqcli.preprocessing import INTERPOLATIONS
 
 
 def _weights_enum(arch: str, name: str):
@@ -41,3 +43,23 @@ def cached_weights_file(arch: str, name: str) -> Path:
         raise SrqError(f"--weights {name}: {file.name} is not in torch's hub cache and cannot be "
                        f"downloaded ({short_reason(exc)}); place {weights.url} at {file}") from exc
     return file
+
+
+def weights_preprocessing(arch: str, name: str) -> dict[str, Any]:
+    """The preprocessing torchvision publishes with ``arch``'s weights ``name`` (what their
+    accuracy was measured with), as recipe ``[data]`` settings. Read from the attributes of the
+    weights' ``transforms()`` (crop and resize size, mean, std, interpolation): no download."""
+    transforms = _weights_enum(arch, name).transforms()
+    settings: dict[str, Any] = {}
+    for key, attribute in (("image_size", "crop_size"), ("resize_size", "resize_size")):
+        value = getattr(transforms, attribute, None)
+        if value:  # torchvision keeps a size as a one-item list
+            settings[key] = int(value[0] if isinstance(value, (list, tuple)) else value)
+    for key in ("mean", "std"):
+        value = getattr(transforms, key, None)
+        if value:
+            settings[key] = [float(v) for v in value]
+    mode = getattr(getattr(transforms, "interpolation", None), "value", None)
+    if mode in INTERPOLATIONS:
+        settings["interpolation"] = mode
+    return settings

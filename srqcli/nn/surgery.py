@@ -246,7 +246,7 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, calib_batches: Iterable[T
     if first is None:
         raise SrqError("no calibration batches: the training data is empty")
     # output quantizers sit where the traced graph says a layer's output stays float
-    traced = _trace_float(model, (2, *first.shape[1:])) if cfg.output_bits is not None else None
+    traced = _trace_float(model, (2, *first.shape[1:])) if cfg.output_bits else None
     sites = [traced.bn_folds.get(n, n) for n, _ in quantizable_layers(model)] if traced else []
     calib = collect_activations(model, itertools.chain([first], batches), seed,
                                 per_channel=cfg.method == "dq", output_sites=sites)

@@ -71,7 +71,8 @@ def build_report(model: nn.Module, *, info: ModelInfo | None = None,
     shape = None if input_shape is None else [1, *[int(s) for s in input_shape][-3:]]
     facts = ModelFacts(input_shape=shape)
     if info is not None:
-        facts = ModelFacts(info.arch, info.num_classes, info.in_channels, info.image_size, shape)
+        facts = ModelFacts(info.arch, info.num_classes, info.in_channels, info.image_size, shape,
+                           info.preprocessing)
     totals = _totals(model, layers, macs is not None)
     return BitReport(srq_version=__version__, model=facts, layers=layers, totals=totals,
                      accuracy=_accuracy(info, metrics), budget=_budget(budget, totals),

@@ -105,6 +105,8 @@ def render_markdown(report: BitReport) -> str:
         facts.append(f"source `{report.source}`")
     facts.append(f"srq {report.srq_version}, report schema {report.schema_version}")
     lines += [", ".join(facts) + ".", ""]
+    if m.preprocessing is not None:
+        lines += [f"Input preprocessing: {m.preprocessing.describe()}.", ""]
     lines.append("| " + " | ".join(COLUMNS) + " |")
     lines.append("|" + "|".join("---:" if c in _RIGHT else "---" for c in COLUMNS) + "|")
     for r in report.layers:

@@ -20,6 +20,7 @@ from typing import Any
 
 from srqcli.errors import SrqError, short_reason
 from srqcli.io.atomic import write_text_atomic
+from srqcli.preprocessing import Preprocessing
 
 SCHEMA = "srq.bit-report"
 SCHEMA_VERSION = 1
@@ -96,6 +97,7 @@ class ModelFacts:
     in_channels: int | None = None
     image_size: int | None = None
     input_shape: list[int] | None = None
+    preprocessing: Preprocessing | None = None  # optional: added without a version change
 
 
 @dataclass
@@ -179,7 +181,10 @@ def _build(cls: type, data: Any, where: str, prefix: str = "") -> Any:
                 continue
             raise SrqError(f"{where}: {key} is missing")
         kwargs[f.name] = _value(hints[f.name], data[f.name], where, key)
-    obj = cls(**kwargs)
+    try:
+        obj = cls(**kwargs)
+    except SrqError as exc:  # a record that checks its own values (preprocessing)
+        raise SrqError(f"{where}: {prefix}: {exc}") from None
     if isinstance(obj, Budget) and obj.kind not in BUDGET_KINDS:
         raise SrqError(f"{where}: {prefix}.kind must be one of {', '.join(BUDGET_KINDS)}, "
                        f"got {obj.kind!r}")
@@ -193,10 +198,10 @@ def _value(hint: Any, value: Any, where: str, key: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _value(inner, value, where, key)
-    if origin is list:
+    if origin in (list, tuple):  # a JSON array: list[X], or tuple[X, ...]
         if not isinstance(value, list):
             raise SrqError(f"{where}: {key} must be a list, got {type(value).__name__}")
-        return [_value(args[0], v, where, f"{key}[{i}]") for i, v in enumerate(value)]
+        return origin(_value(args[0], v, where, f"{key}[{i}]") for i, v in enumerate(value))
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where, key)
     ok = {

@@ -185,8 +185,7 @@ def fine_tune_command(recipe: Recipe, out: Path) -> str:
     args = ["srq", "quantize", recipe.model.arch, "-c", str(out / SEARCHED), "--data", recipe.data.source,
             "--bit-config", str(out / ALLOCATION_TOML), "--act-bits", str(q.act_bits),
             "--per-channel" if q.per_channel else "--per-tensor"]
-    if q.output_bits is not None:
-        args += ["--output-bits", str(q.output_bits)]
+    args += ["--output-bits", str(q.output_bits)]
     return shlex.join([*args, "--out", str(out.with_name(f"{out.name}-tuned"))])
 
 

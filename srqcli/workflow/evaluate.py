@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from torch import nn
@@ -14,10 +16,12 @@ from srqcli.errors import SrqError
 from srqcli.io.checkpoint import load_into, read_state_dict
 from srqcli.io.quantized import ModelInfo, srq_format
 from srqcli.models import build_model
+from srqcli.models.user import is_import_path
+from srqcli.preprocessing import CHANNELS, FLAGS, IMAGEFOLDER_ONLY
 from srqcli.train.loop import EvalMetrics, evaluate, resolve_device
 from srqcli.train.progress import Reporter
 from srqcli.workflow import rundir
-from srqcli.models.user import is_import_path
+from srqcli.workflow.deployed import evaluate_deployed
 from srqcli.workflow.model_source import resolve_model, user_code
 
 
@@ -27,6 +31,8 @@ class EvalResult:
     kind: str  # "float" | "quantized" | "onnx"
     data: str
     metrics: EvalMetrics
+    deployed: EvalMetrics | None = None  # a quantized model's exported file (srqcli.deploy)
+    undeployable: str | None = None  # why a quantized model has no deploy model
 
 
 def resolve_target(target: str) -> Path | None:
@@ -68,16 +74,21 @@ def run_eval(target: str, *, data: str | None, checkpoint: str | None = None,
              num_classes: int | None = None, batch_size: int = 256, workers: int = 0,
              device: str = "auto", trust_pickle: bool = False, strict: bool = False,
              console: Console | None = None, show_progress: bool = True,
-             arch: str | None = None) -> EvalResult:
+             arch: str | None = None, preprocessing: Mapping[str, Any] | None = None) -> EvalResult:
     """Evaluate ``target`` on the held-out split of ``data`` (defaults to the run's data).
 
     A weights file srq did not write (a state_dict, TorchScript or torch.export file) is the
     float model it holds: its architecture comes from ``arch`` or from the file
     (:mod:`srqcli.workflow.model_source`); user code (``package.module:Class``) is imported.
     An srq file of a run built from user code takes that code's import path as ``arch``.
+    Images are prepared as the model file says (its saved preprocessing); ``preprocessing``, the
+    settings the user gave (:data:`~srqcli.preprocessing.FIELDS` → value, ``None``: unset),
+    replaces those values, and is the only source for a float weights file, whose ImageFolder
+    images otherwise take the file's input channels and the defaults.
     """
     console = console or Console(stderr=True)
     path = resolve_target(target)
+    settings: dict[str, Any] = {}
     if (path is not None and path.suffix.lower() != ".onnx" and srq_format(path) is None) or (
             path is None and is_import_path(target)):
         source = resolve_model(str(path or target), checkpoint=checkpoint, arch=arch,
@@ -86,6 +97,8 @@ def run_eval(target: str, *, data: str | None, checkpoint: str | None = None,
             console.print(source.note, highlight=False, soft_wrap=True)
         target, path, checkpoint = source.arch, None, source.checkpoint
         num_classes = num_classes or source.num_classes
+        if source.in_channels in CHANNELS:
+            settings["channels"] = source.in_channels
     elif arch is not None and is_import_path(arch) and path is not None:
         console.print(user_code(arch), highlight=False, soft_wrap=True)
     elif arch is not None:
@@ -103,13 +116,16 @@ def run_eval(target: str, *, data: str | None, checkpoint: str | None = None,
     source = data or (info.recipe.data.source if info else None)
     if source is None:
         raise SrqError("pass --data DIR (an ImageFolder or IDX folder, or 'example')")
-    spec = DataSpec(source=source, batch_size=batch_size, workers=workers,
-                    image_size=info.image_size if info else None,
-                    resize_size=info.recipe.data.resize_size if info else None, strict=strict)
-    bundle = load_datasets(spec)
+    typed = {key: value for key, value in (preprocessing or {}).items() if value is not None}
+    settings.update(info.data_settings() if info else {}, **typed)
+    bundle = load_datasets(DataSpec(source=source, batch_size=batch_size, workers=workers, strict=strict,
+                                    **settings))
+    bundle.refuse_preprocessing([FLAGS[key] for key in IMAGEFOLDER_ONLY if key in typed])
     if info:
         bundle.check_fits(info.num_classes, info.in_channels,
                           f"pass --data like the model's training data ({info.recipe.data.source})")
+    if bundle.preprocessing is not None:
+        console.print(f"[dim]preprocessing:[/] {bundle.preprocessing.describe()}", highlight=False)
     dev = resolve_device(device)
     model, kind = load_target(target, path, checkpoint=checkpoint, num_classes=num_classes,
                               in_channels=bundle.in_channels, trust_pickle=trust_pickle,
@@ -123,4 +139,7 @@ def run_eval(target: str, *, data: str | None, checkpoint: str | None = None,
     _, val_loader = make_loaders(bundle, min(batch_size, len(bundle.train)), workers, seed=0)
     with Reporter(console, enabled=show_progress) as reporter:
         metrics = evaluate(model.to(dev), val_loader, dev, reporter=reporter, label="eval")
-    return EvalResult(target, kind, bundle.description, metrics)
+        deployed = undeployable = None
+        if kind == "quantized" and info is not None:
+            deployed, undeployable = evaluate_deployed(model, info, val_loader, reporter)
+    return EvalResult(target, kind, bundle.description, metrics, deployed, undeployable)

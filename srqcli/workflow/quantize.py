@@ -42,6 +42,7 @@ from srqcli.nn.surgery import (
     quantizable_layers,
     quantize_model,
 )
+from srqcli.preprocessing import CHANNELS, FLAGS, IMAGEFOLDER_ONLY
 from srqcli.report import write_report
 from srqcli.report.stats import model_cluster_fraction, model_totals
 from srqcli.train import distributed
@@ -57,6 +58,7 @@ from srqcli.train.loop import (
 )
 from srqcli.train.progress import Reporter
 from srqcli.workflow import rundir
+from srqcli.workflow.deployed import evaluate_deployed
 from srqcli.workflow.resume import CheckpointClock, load_state, save_state
 
 
@@ -70,6 +72,8 @@ class QuantizeResult:
     plan: list[LayerBits]
     history: list[EpochRecord] = field(default_factory=list)
     sizes: dict[str, float] = field(default_factory=dict)
+    deployed_metrics: EvalMetrics | None = None  # the exported file's (srqcli.deploy)
+    undeployable: str | None = None  # why there is no deploy model
 
 
 def seed_everything(seed: int) -> None:
@@ -80,10 +84,29 @@ def seed_everything(seed: int) -> None:
 
 
 def data_spec(recipe: Recipe) -> DataSpec:
+    """The data the recipe names, prepared as it says. ImageFolder images take the model's input
+    channels when the recipe gives none (grayscale for a 1-channel model)."""
     d = recipe.data
+    model_channels = recipe.model.in_channels if recipe.model.in_channels in CHANNELS else None
     return DataSpec(source=d.source, batch_size=d.batch_size, workers=d.workers,
                     image_size=d.image_size, resize_size=d.resize_size,
-                    train_limit=d.train_limit, val_limit=d.val_limit, strict=d.strict)
+                    train_limit=d.train_limit, val_limit=d.val_limit, strict=d.strict,
+                    mean=d.mean, std=d.std, channels=d.channels or model_channels,
+                    interpolation=d.interpolation)
+
+
+def record_preprocessing(recipe: Recipe, data: DatasetBundle) -> None:
+    """Write the preprocessing ``data`` was loaded with into ``recipe.data``, defaults included,
+    so the saved recipe, the resume state and the model file replay exactly that; refuse the
+    ImageFolder-only keys for other data rather than ignore them. ``recipe`` is the run's own copy.
+    """
+    d, p = recipe.data, data.preprocessing
+    if p is None:
+        data.refuse_preprocessing([f"{FLAGS[key]} (data.{key})" for key in IMAGEFOLDER_ONLY
+                                   if getattr(d, key) is not None])
+        return
+    for key, value in p.to_dict().items():
+        setattr(d, key, value)
 
 
 def build_float_model(recipe: Recipe, data: DatasetBundle, weights: dict | nn.Module | None
@@ -120,11 +143,14 @@ class Job:
         self.amp = recipe.train.amp
         seed_everything(recipe.train.seed)
         self.data = load_datasets(data_spec(recipe))
+        record_preprocessing(recipe, self.data)
         world = distributed.world_size()
         self.train_loader, self.val_loader = make_loaders(
             self.data, recipe.data.batch_size, recipe.data.workers, recipe.train.seed,
             distributed.rank() if world > 1 else 0, world)
         console.print(f"[dim]data:[/] {self.data.description}")
+        if self.data.preprocessing is not None:
+            console.print(f"[dim]preprocessing:[/] {self.data.preprocessing.describe()}", highlight=False)
         if world > 1:
             console.print(f"[dim]distributed:[/] {world} processes, global batch "
                           f"{recipe.data.batch_size} = {world} × {self.train_loader.batch_size}")
@@ -134,7 +160,8 @@ class Job:
         return ModelInfo(arch=m.arch, num_classes=m.num_classes or self.data.num_classes,
                          in_channels=m.in_channels or self.data.in_channels,
                          image_size=self.data.image_size, recipe=self.recipe, plan=plan,
-                         mean=self.data.mean, std=self.data.std, metrics=metrics or {})
+                         mean=self.data.mean, std=self.data.std, metrics=metrics or {},
+                         preprocessing=self.data.preprocessing)
 
     def quantize(self, model: nn.Module, q: QuantConfig, state: dict[str, Any] | None,
                  start_plan: list[LayerBits] | None = None) -> tuple[nn.Module, list[LayerBits]]:
@@ -150,7 +177,7 @@ class Job:
                 self.console.print(f"[dim]quantizers calibrated on the batches of all "
                                    f"{distributed.world_size()} processes: identical on every "
                                    f"process (sha256 {digest})[/]")
-            if q.output_bits is not None:
+            if q.output_bits:
                 sites = [lb.name for lb in plan if lb.output_bits is not None]
                 self.console.print(f"[dim]output quantizers ({q.output_bits} bits) on {len(sites)} layers whose "
                                    f"output no quantizer reads{': ' + ', '.join(sites) if sites else ''}[/]")
@@ -161,7 +188,7 @@ class Job:
             plan = start_plan
             _check_start_plan(plan, plan_bits([n for n, _ in quantizable_layers(model)], q),
                               self.recipe.model.checkpoint)
-            _check_start_outputs(plan, q.output_bits, self.recipe.model.checkpoint)
+            _check_start_outputs(plan, q.output_bits or None, self.recipe.model.checkpoint)
         attach_quantizers(model, plan, q)
         return model, plan
 
@@ -319,7 +346,7 @@ def _check_start_outputs(saved: list[LayerBits], output_bits: int | None, path: 
     have = {p.output_bits for p in saved if p.output_bits is not None}
     if have == ({output_bits} if output_bits is not None else set()):
         return
-    made = f"--output-bits {have.pop()}" if have else "no --output-bits"
+    made = f"--output-bits {have.pop()}" if have else "--output-bits 0"
     raise SrqError(f"{path} was quantized with {made}; pass the same or start from a float checkpoint")
 
 
@@ -515,11 +542,14 @@ def _run(recipe: Recipe, out: Path, resume: bool, trust_pickle: bool, console: C
                 console.print(f"[dim]BatchNorm statistics re-estimated on {used} batches {why}[/]")
         quant_metrics = evaluate(model, job.val_loader, job.device, amp=job.amp,
                                  reporter=reporter, label="srq eval")
+        deployed, undeployable = evaluate_deployed(model, job.info(plan), job.val_loader, reporter)
     sizes = model_totals(model)
     metrics = {
         "srq_version": __version__,
         "float": float_metrics.to_dict(),
         "quantized": quant_metrics.to_dict(),
+        "deployed": deployed.to_dict() if deployed else None,
+        "undeployable": undeployable,
         "history": [asdict(h) for h in history],
         "plan": [asdict(p) for p in plan],
         "sizes": sizes,
@@ -530,9 +560,10 @@ def _run(recipe: Recipe, out: Path, resume: bool, trust_pickle: bool, console: C
 
     def write_outputs() -> None:
         save_model(out / rundir.MODEL, model.cpu(),
-                   job.info(plan, {"float_top1": float_metrics.top1, "top1": quant_metrics.top1}))
+                   job.info(plan, {"float_top1": float_metrics.top1, "top1": quant_metrics.top1,
+                                   "deployed_top1": deployed.top1 if deployed else None}))
         write_text_atomic(out / rundir.METRICS, json.dumps(metrics, indent=2) + "\n")
         write_report(model, out, info=job.info(plan), metrics=metrics, source=str(out / rundir.MODEL))
 
     distributed.on_main(write_outputs)
-    return QuantizeResult(out, float_metrics, quant_metrics, plan, history, sizes)
+    return QuantizeResult(out, float_metrics, quant_metrics, plan, history, sizes, deployed, undeployable)

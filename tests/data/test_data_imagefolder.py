@@ -175,3 +175,64 @@ def test_split_without_any_readable_image(tmp_path: Path) -> None:
     bundle = load_datasets(DataSpec(str(root), image_size=8))
     with pytest.raises(SrqError, match="no readable image in .*val"):
         bundle.val[0]
+
+
+def test_channels_1_loads_grayscale(tmp_path: Path) -> None:
+    """--channels 1: RGB and grayscale PNGs alike become 1-channel tensors (PIL's luma)."""
+    root = make_tree(tmp_path, {"cat": 2, "gray": 2}, {"cat": 1, "gray": 1})
+    bundle = load_datasets(DataSpec(str(root), image_size=16, channels=1, mean=(0.0,), std=(1.0,)))
+    assert bundle.in_channels == 1 and bundle.preprocessing.channels == 1
+    rgb, _ = bundle.val[0]  # colour (0, 10, 200): luma = (0*299 + 10*587 + 200*114) / 1000
+    assert rgb.shape == (1, 16, 16)
+    assert torch.allclose(rgb, torch.full_like(rgb, round((10 * 587 + 200 * 114) / 1000) / 255))
+    gray, _ = bundle.val[1]
+    assert gray.shape == (1, 16, 16) and float(gray.max()) == 0.0  # the first gray PNG is black
+    assert bundle.train[(0, 3)][0].shape == (1, 16, 16)
+
+
+def test_mean_std_and_sizes_set_the_transform(tmp_path: Path) -> None:
+    root = make_tree(tmp_path, {"a": 1, "b": 1}, {"a": 1, "b": 1})
+    plain = load_datasets(DataSpec(str(root), image_size=8, resize_size=8, mean=(0, 0, 0), std=(1, 1, 1)))
+    normed = load_datasets(DataSpec(str(root), image_size=8, resize_size=8, mean=(0.5, 0.25, 0.0),
+                                    std=(0.5, 0.5, 2.0), interpolation="nearest"))
+    x, y = plain.val[0][0], normed.val[0][0]
+    expected = (x - torch.tensor([0.5, 0.25, 0.0])[:, None, None]) / torch.tensor([0.5, 0.5, 2.0])[:, None, None]
+    assert torch.allclose(y, expected, atol=1e-6)  # a flat-colour image: the filter does not matter
+    p = normed.preprocessing
+    assert (p.image_size, p.resize_size, p.interpolation) == (8, 8, "nearest")
+    assert normed.mean == (0.5, 0.25, 0.0) and normed.std == (0.5, 0.5, 2.0)
+    assert p.describe() == ("resize 8 → center-crop 8, nearest, RGB, mean (0.5, 0.25, 0), "
+                            "std (0.5, 0.5, 2)")
+
+
+def test_defaults_are_imagenet_and_recorded(tmp_path: Path) -> None:
+    root = make_tree(tmp_path, {"a": 1, "b": 1}, {"a": 1, "b": 1})
+    p = load_datasets(DataSpec(str(root), image_size=32)).preprocessing
+    assert (p.image_size, p.resize_size, p.channels, p.interpolation) == (32, 37, 3, "bilinear")
+    assert p.mean == (0.485, 0.456, 0.406) and p.std == (0.229, 0.224, 0.225)
+    gray = load_datasets(DataSpec(str(root), image_size=32, channels=1)).preprocessing
+    assert gray.mean == (0.449,) and gray.std == (0.226,)
+
+
+@pytest.mark.parametrize("spec,match", [
+    (dict(mean=(0.5, 0.5)), r"^mean has 2 values; give one per channel"),
+    (dict(std=(0.5,)), r"^std has 1 value but the images have 3 channels \(RGB\)"),
+    (dict(channels=1, mean=(0.5, 0.5, 0.5)), r"^mean has 3 values but the images have 1 channel \(grayscale\)"),
+    (dict(std=(0.5, -1.0, 0.5)), r"^std must be positive"),
+    (dict(channels=4), r"^channels must be 1 \(grayscale\) or 3 \(RGB\), got 4$"),
+    (dict(interpolation="area"), r"^interpolation must be one of bilinear, bicubic, nearest, got 'area'$"),
+])
+def test_bad_preprocessing_is_one_line(tmp_path: Path, spec: dict, match: str) -> None:
+    root = make_tree(tmp_path, {"a": 1, "b": 1}, {"a": 1, "b": 1})
+    with pytest.raises(SrqError, match=match) as info:
+        load_datasets(DataSpec(str(root), **spec))
+    assert "\n" not in str(info.value)
+
+
+def test_preprocessing_is_refused_for_tensor_data() -> None:
+    bundle = load_datasets(DataSpec("example", mean=(0.5,)))  # the example does not use it...
+    assert bundle.preprocessing is None
+    with pytest.raises(SrqError, match=r"^--mean, --std set how ImageFolder images are prepared, but the "
+                                       r"example data is 1-channel tensors .*; drop them$"):
+        bundle.refuse_preprocessing(["--mean", "--std"])  # ...so a user's flag is refused, not ignored
+    bundle.refuse_preprocessing([])

@@ -252,8 +252,9 @@ def test_export_output_says_pass_and_tolerance_then_wrote(run_dir, tmp_path):
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())  # the console folds long lines
     assert "PASS: every gated row is within its tolerance" in text
-    assert "100.00% (≥90%)" in text and "(≥99%)" in text and "(≥97%)" in text
-    assert "*integer ref.: the same graph with biases rounded as fusion rounds them" in text
+    assert "100.0% (≥90%)" in text and "(≥99%)" in text and "(≥97%)" in text
+    assert "*deploy model: this file run in PyTorch with onnxruntime's integer arithmetic" in text
+    assert "100.0% (all)" in text  # an all-integer LeNet: every output identical
     assert text.index("PASS: every") < text.index(f"wrote {out}")
     on_random = " ".join(_invoke("export", str(run_dir), "--out", str(tmp_path / "r.onnx")).output.split())
     assert "reported" in on_random  # top-1 on random inputs is not gated

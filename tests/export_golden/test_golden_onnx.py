@@ -22,7 +22,7 @@ Stated tolerances:
   measured up to 3.65 flips over 3 seeds of every model (``MAX_FLIPS_8BIT``).
 * every exported file passes the static pair-bound check (:mod:`srqcli.export.pair_bound`), so
   onnxruntime computes the same integers on AVX2, AVX-512, VNNI and ARM CPUs; on a machine
-  without VNNI the integer-reference comparison above shows it at run time too.
+  without VNNI the deploy-model comparison above shows it at run time too.
 
 The output step is the accumulator step of the last layer, ``α_x·max_c scale_c``.
 """
@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from onnx.reference import ReferenceEvaluator
 from torch import nn
 
+from srqcli.deploy.graph import DeployModel
 from srqcli.export.demo import quantize_untrained, randomize_batchnorm
 from srqcli.export.encodings import freeze_model
 from srqcli.export.pair_bound import pair_bound_violations
@@ -213,10 +214,16 @@ def reference(model: nn.Module, x: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(x)).numpy()
 
 
-def integer_reference(path, x: np.ndarray) -> np.ndarray:
-    basic = path.with_name(path.stem + ".basic.onnx")
-    ort_session(path, "basic", optimized_path=basic)
-    return run_onnx(ort_session(basic, "disabled"), x)
+def assert_deploy_model_reproduced(path, x: np.ndarray, default: np.ndarray, step: float) -> None:
+    """onnxruntime's default level computes the deploy model: bit for bit where every op
+    between integer kernels is exact, else within one output step."""
+    deploy = DeployModel(onnx.load(path))
+    with torch.no_grad():
+        want = deploy(torch.from_numpy(x)).numpy()
+    if deploy.plan.exact:
+        assert np.array_equal(default, want), f"{(default != want).sum()} outputs differ"
+    else:
+        assert np.abs(default - want).max() <= step
 
 
 def check_onnxruntime(model: nn.Module, proto, step: float, tmp_path) -> tuple:
@@ -232,7 +239,7 @@ def check_onnxruntime(model: nn.Module, proto, step: float, tmp_path) -> tuple:
     assert off_images <= 1 and np.abs(off - ref).max() <= flip_step(model), \
         f"ORT_DISABLE_ALL off by {np.abs(off - ref).max() / step:.3g} steps in {off_images} images"
     default = run_onnx(ort_session(path, "default"), x)
-    assert np.abs(default - integer_reference(path, x)).max() <= step
+    assert_deploy_model_reproduced(path, x, default, step)
     return path, default, ref
 
 
@@ -275,7 +282,7 @@ def test_packed_layout_matches_pytorch(bits, act_bits, opset, tmp_path):
     off = run_onnx(ort_session(path, "disabled"), x)
     assert np.abs(off - ref).max() <= step
     default = run_onnx(ort_session(path, "default"), x)
-    assert np.abs(default - integer_reference(path, x)).max() <= step
+    assert_deploy_model_reproduced(path, x, default, step)
     # conv biases stay float (a separate Add), so the default level computes PyTorch's values
     assert np.abs(default - ref).max() <= step
 
@@ -393,7 +400,7 @@ def test_requant_fuses_every_conv(tmp_path):
     ops = res.verify["executed_op_types"]
     assert ops.get("QLinearConv") == 6 and ops.get("QGemm") == 1, ops
     results = {(r["level"], r["against"]): r for r in res.verify["results"]}
-    assert results[("default", "integer-reference")]["within_one_step"] >= 0.9
+    assert results[("default", "deploy")]["within_one_step"] >= 0.9
     assert results[("disabled", "pytorch")]["top1_agreement"] >= 0.9
 
 

@@ -13,6 +13,10 @@ from srqcli.errors import SrqError
 from srqcli.io.quantized import load_model, read_model_info, save_model
 
 
+PREPROCESSING = ('{"image_size": 28, "resize_size": 32, "mean": [0.5], "std": [0.25], "channels": 1, '
+                 '"interpolation": "bicubic"}')
+
+
 @pytest.fixture(scope="module")
 def original(tmp_path_factory) -> Path:
     return save_lenet_run(tmp_path_factory.mktemp("run"))
@@ -35,6 +39,10 @@ def with_metadata(original: Path, target: Path, **changes: str) -> Path:
     ({"plan": "[1]"}, "TypeError"),
     ({"recipe": "7"}, "recipe: a recipe must be a table of settings"),
     ({"recipe": '{"quant": {"weight_bits": 99}}'}, "recipe: quant.weight_bits must be between"),
+    ({"preprocessing": "{]"}, "preprocessing: "),
+    ({"preprocessing": '{"image_size": 28}'}, "preprocessing: preprocessing must be an object with the keys"),
+    ({"preprocessing": PREPROCESSING.replace('"channels": 1', '"channels": 2')},
+     "preprocessing: channels must be 1 (grayscale) or 3 (RGB), got 2"),
 ])
 def test_damaged_metadata_is_named(original: Path, tmp_path: Path, changes: dict, detail: str) -> None:
     path = with_metadata(original, tmp_path / "model.safetensors", **changes)
@@ -75,3 +83,20 @@ def test_the_same_model_saved_twice_is_the_same_bytes(original: Path, tmp_path: 
     assert len({copy.read_bytes() for copy in copies}) == 1
     with safe_open(str(copies[0]), framework="pt") as f:
         assert list(f.metadata()) and read_model_info(copies[0]) == info  # still reads back
+
+
+def test_preprocessing_round_trips_and_older_files_have_none(original: Path, tmp_path: Path) -> None:
+    """Files written before srq saved the preprocessing read as before: eval falls back to their
+    input size and the recipe's resize size (the rest were the defaults)."""
+    old = read_model_info(original)
+    assert old.preprocessing is None
+    assert old.data_settings() == {"image_size": 28, "resize_size": None}
+    path = with_metadata(original, tmp_path / "model.safetensors", preprocessing=PREPROCESSING)
+    info = read_model_info(path)
+    p = info.preprocessing
+    assert (p.image_size, p.resize_size, p.mean, p.std, p.channels, p.interpolation) == (
+        28, 32, (0.5,), (0.25,), 1, "bicubic")
+    assert info.data_settings() == p.to_dict() | {"mean": (0.5,), "std": (0.25,)}
+    again = tmp_path / "again.safetensors"
+    save_model(again, load_model(path)[0], info)
+    assert read_model_info(again).preprocessing == p
