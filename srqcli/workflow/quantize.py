@@ -30,7 +30,8 @@ from srqcli.io.quantized import (
 )
 from srqcli.methods.registry import finish_training
 from srqcli.methods.schedule import TemperatureSchedule
-from srqcli.models import build_model
+from srqcli.models import build_model, canonical_arch
+from srqcli.models.user import check_user_model, is_import_path
 from srqcli.nn.dropbits_schedule import DropBitsSchedule
 from srqcli.nn.surgery import (
     LayerBits,
@@ -117,6 +118,8 @@ def build_float_model(recipe: Recipe, data: DatasetBundle, weights: dict | nn.Mo
     in_channels = m.in_channels or data.in_channels
     data.check_fits(num_classes, in_channels, "fix --num-classes or the data folder")
     model = build_model(m.arch, num_classes, in_channels)
+    if is_import_path(m.arch):
+        check_user_model(m.arch, model, num_classes, in_channels, data.image_size)
     if weights is not None:
         # An srq quantized model file as the start: its float part here; run_quantize keeps
         # its quantizers too (quantized_start_plan).
@@ -310,7 +313,7 @@ def quantized_start_plan(recipe: Recipe) -> list[LayerBits] | None:
     if path is None or not is_quantized_model_file(path):
         return None
     info = read_model_info(path)
-    if info.arch != recipe.model.arch.strip().lower():
+    if info.arch != canonical_arch(recipe.model.arch):
         raise SrqError(f"{path} is a quantized {info.arch}, not a {recipe.model.arch}")
     if info.recipe.quant.method != recipe.quant.method:
         raise SrqError(f"{path} was quantized with --method {info.recipe.quant.method}; continue "
