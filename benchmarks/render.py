@@ -229,20 +229,26 @@ def _load_text(load: dict[str, list[float]]) -> str:
 
 
 def export_latency_section() -> list[str]:
-    lines = ["## Exported ResNet-18: onnxruntime latency (random weights, speed only)", ""]
-    r = _load("export_latency_resnet18")
+    return [line for arch in ("resnet18", "mobilenet_v2") for line in _export_latency(arch)]
+
+
+def _export_latency(arch: str) -> list[str]:
+    name = {"resnet18": "ResNet-18", "mobilenet_v2": "MobileNet-V2"}[arch]
+    lines = [f"## Exported {name}: onnxruntime latency (random weights, speed only)", ""]
+    r = _load(f"export_latency_{arch}")
     if r is None:
         return lines + ["_not run yet_", ""]
     quantized = list(r["integer_ops"])
-    lines += ["torchvision ResNet-18 at 224×224, 1000 classes, **random weights** (BatchNorm randomised, "
+    lines += [f"torchvision {name} at 224×224, 1000 classes, **random weights** (BatchNorm randomised, "
               "quantizers calibrated on random batches): these numbers are about speed only, no accuracy "
               f"claim. onnxruntime at its default level, {r['threads']} intra-op threads; every model timed "
               f"side by side in {r['rounds']} alternating rounds per batch size, median time and median "
               "per-round speed-up over the float ONNX export of the same network (BatchNorm folded, "
               "same builder). `w4a4`/`w3a3` are the exact qdq export, `float unfused` is `qdq --float-unfused` "
-              "(exact too), `requant` is `qdq --requant` (not bit-exact), `output8` is the network quantized "
-              "with `--output-bits 8` (residual, shortcut and stem outputs quantized in the model), exported "
-              "as exact qdq. Target: ≥ 2× float.",
+              "(exact too), `requant` is `qdq --requant` (not bit-exact), all three of the network quantized "
+              "with `--output-bits 0`; `output8` is the network quantized with srq's default `--output-bits 8` "
+              "(residual, shortcut and stem outputs quantized in the model), exported as exact qdq: **the file "
+              "`srq quantize` then `srq export` give with no flags**. Target: ≥ 2× float.",
               "", *_provenance(r), "",
               _load_text(r["load_average"]), "",
               "| export | batch | ms | float ms | speed-up | integer kernels run | file MB (float "
