@@ -253,3 +253,30 @@ def test_user_code_that_gives_no_model_is_a_one_line_error(tmp_path, user_packag
                               "--out", str(out)])
     assert one_line_error(res) == expected
     assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "resnet18", "efficientnet_b0"])
+def test_a_torchvision_state_dict_is_recognised_through_the_cli(arch, tmp_path):
+    """Issue #14: ``srq eval model.pt`` on small real data (digit PNGs) finds the torchvision
+    architecture of a 10-class state_dict without --arch, says so in one line and evaluates it."""
+    from PIL import Image
+    from torchvision import models as tv
+
+    from srqcli.data.example import _digits
+
+    images, labels = _digits(32)
+    root = tmp_path / "digits"
+    for split, rows in (("train", range(20)), ("val", range(20, 40))):
+        for i in rows:
+            folder = root / split / str(int(labels[i]))
+            folder.mkdir(parents=True, exist_ok=True)
+            pixels = (images[i, 0] * 255).round().to(torch.uint8).numpy()
+            Image.fromarray(pixels, mode="L").convert("RGB").save(folder / f"{i}.png")
+    weights = tmp_path / "model.pt"
+    torch.save(getattr(tv, arch)(num_classes=10).state_dict(), weights)
+    res = runner.invoke(app, ["eval", str(weights), "--data", str(root), "--image-size", "32",
+                              "--resize-size", "32", "--json"])
+    assert res.exit_code == 0, res.output
+    assert f"is a state_dict of {arch} (10 classes" in res.output
+    assert json.loads(res.stdout)["images"] == 20
