@@ -85,6 +85,16 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def print_deployed_note(deployed: bool, undeployable: str | None) -> None:
+    """What the "deployed" accuracy of ``srq quantize``/``srq eval`` is, or why there is none."""
+    if deployed:
+        out_console.print("deployed: the ONNX file srq export writes, run with onnxruntime's integer "
+                          "arithmetic; its accuracy is what you ship", highlight=False, soft_wrap=True)
+    elif undeployable:
+        out_console.print(f"deployed: n/a, this model cannot be exported ({undeployable})",
+                          highlight=False, soft_wrap=True)
+
+
 def job_console(quiet: bool) -> Console:
     """Where a job's progress and notes go: stderr, silent with ``--quiet`` (errors still show).
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from srqcli.cli.app import Device, app, job_console, out_console, user_errors
+from srqcli.cli.app import Device, app, job_console, out_console, print_deployed_note, user_errors
 from srqcli.cli.preprocessing import (
     Channels,
     ImageSize,
@@ -66,10 +66,5 @@ def eval_command(
         table.add_row(label, f"{r.top1:.2f}%", f"{r.top5:.2f}%", f"{r.loss:.4f}", str(r.images),
                       f"{r.images_per_s:,.0f}")
     out_console.print(table)
-    if res.deployed:
-        out_console.print("deployed: the ONNX file srq export writes, run with onnxruntime's integer arithmetic",
-                          highlight=False, soft_wrap=True)
-    elif res.undeployable:
-        out_console.print(f"deployed: n/a, this model cannot be exported ({res.undeployable})",
-                          highlight=False, soft_wrap=True)
+    print_deployed_note(res.deployed is not None, res.undeployable)
     out_console.print(f"[dim]{res.data}[/]")

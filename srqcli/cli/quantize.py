@@ -15,6 +15,7 @@ from srqcli.cli.app import (
     app,
     job_console,
     out_console,
+    print_deployed_note,
     user_errors,
 )
 from srqcli.cli.preprocessing import (
@@ -227,12 +228,7 @@ def print_quantize_summary(result: Any, cfg: Recipe) -> None:
     table.add_row("activation bits", "32", "/".join(map(str, acts)), "")
     table.add_row("size", _kib(s["float_bytes"]), f"{_kib(s['packed_bytes'])} ({s['compression']:.1f}× smaller)", "")
     out_console.print(table)
-    if d is None:
-        out_console.print(f"deployed: n/a, this model cannot be exported ({result.undeployable})",
-                          highlight=False, soft_wrap=True)
-    else:
-        out_console.print("deployed: the ONNX file srq export writes, run with onnxruntime's integer "
-                          "arithmetic; its accuracy is what you ship", highlight=False, soft_wrap=True)
+    print_deployed_note(d is not None, result.undeployable)
     # soft_wrap: one line in a log file too (Rich would break it at 80 columns there).
     out_console.print(f"saved [bold]{result.out / 'model.safetensors'}[/] (+ metrics.json, recipe.toml, report.md, bits.png)",
                       soft_wrap=True)

@@ -153,7 +153,7 @@ class DeployModel(nn.Module):
         w_dq = self._dq_of(n.input[1], producer, const=True)
         if x_dq is None or w_dq is None or self.container.get(w_dq.input[0]) != "int8":
             return None
-        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        attrs = _attrs(n)
         if n.op_type == "Gemm" and (attrs.get("transA", 0) or not attrs.get("transB", 0)
                                     or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
             return None
@@ -183,15 +183,7 @@ class DeployModel(nn.Module):
         return torch.round(b.float() / step).double()
 
     def _fused_step(self, f: FusedLayer) -> Callable[[dict[str, Tensor]], None]:
-        attrs = {a.name: helper.get_attribute_value(a) for a in f.node.attribute}
-        conv = None
-        if f.node.op_type == "Conv":
-            k = len(attrs.get("kernel_shape", [])) or 2
-            pads = list(attrs.get("pads", [0] * 2 * k))
-            if pads[:k] != pads[k:]:
-                raise SrqError(f"the deploy model cannot run asymmetric padding ({f.node.name})")
-            conv = {"stride": list(attrs.get("strides", [1] * k)), "padding": pads[:k],
-                    "dilation": list(attrs.get("dilations", [1] * k)), "groups": int(attrs.get("group", 1))}
+        conv = _conv_geometry(f.node, _attrs(f.node)) if f.node.op_type == "Conv" else None
         w = self.const(f.w)
         w_scale, x_scale = self.const(f.w_scale), self.const(f.x_scale)
         x_zp = self.const(f.x_zero_point)
@@ -210,7 +202,7 @@ class DeployModel(nn.Module):
         impl = _OPS.get(n.op_type)
         if impl is None:
             raise SrqError(f"the deploy model cannot run ONNX op {n.op_type} ({n.name or n.output[0]})")
-        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        attrs = _attrs(n)
         if n.op_type == "QuantizeLinear":
             self.container[n.output[0]] = self.container.get(_zp(n), "uint8")
         elif n.op_type in ("Clip", "BitShift") and n.input[0] in self.container:
@@ -233,6 +225,20 @@ class DeployModel(nn.Module):
         for step in self.steps:
             step(env)
         return env[self.output_names[0]]
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _conv_geometry(node: onnx.NodeProto, attrs: dict) -> dict:
+    """``F.conv2d`` keyword arguments of an ONNX ``Conv`` (integer or float kernel alike)."""
+    k = len(attrs.get("kernel_shape", [])) or 2
+    pads = list(attrs.get("pads", [0] * 2 * k))
+    if pads[:k] != pads[k:]:
+        raise SrqError(f"the deploy model cannot run asymmetric padding ({node.name or node.output[0]})")
+    return {"stride": list(attrs.get("strides", [1] * k)), "padding": pads[:k],
+            "dilation": list(attrs.get("dilations", [1] * k)), "groups": int(attrs.get("group", 1))}
 
 
 def _zp(node: onnx.NodeProto) -> str:
@@ -276,10 +282,7 @@ def _bitshift(m, n, attrs, x, s):
 
 
 def _conv(m, n, attrs, x, w, b=None):
-    k = len(attrs.get("kernel_shape", [])) or 2
-    pads = list(attrs.get("pads", [0] * 2 * k))
-    return F.conv2d(x, w, b, stride=list(attrs.get("strides", [1] * k)), padding=pads[:k],
-                    dilation=list(attrs.get("dilations", [1] * k)), groups=int(attrs.get("group", 1)))
+    return F.conv2d(x, w, b, **_conv_geometry(n, attrs))
 
 
 def _gemm(m, n, attrs, a, b, c=None):

@@ -30,5 +30,4 @@ def evaluate_deployed(model: nn.Module, info: ModelInfo, loader: DataLoader,
         model.to(device)
     if deploy is None:
         return None, why
-    with torch.no_grad():
-        return evaluate(deploy, loader, torch.device("cpu"), reporter=reporter, label="deployed eval"), None
+    return evaluate(deploy, loader, torch.device("cpu"), reporter=reporter, label="deployed eval"), None
