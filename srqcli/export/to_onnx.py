@@ -103,13 +103,14 @@ def check_opset(layout: str, opset: int | None) -> int:
 
 @dataclass
 class _Placement:
-    """A layer-input quantizer moved onto the output of ``producer``."""
+    """A layer-input quantizer moved onto the output of ``producer``: one layer's, or the one
+    quantizer that several layers reading the same value share (:func:`_shared_source`)."""
 
     encoding: ActEncoding
     lo: int
     hi: int
     chain: list[fx.Node]  # transparent nodes between producer and the layer, producer side first
-    consumer: fx.Node
+    consumers: list[fx.Node]
 
 
 def _clip_codes(enc: ActEncoding, op: NodeOp, lo: int, hi: int) -> tuple[int, int]:
@@ -122,6 +123,42 @@ def _clip_codes(enc: ActEncoding, op: NodeOp, lo: int, hi: int) -> tuple[int, in
     return lo, max(lo, hi)
 
 
+def _shared_source(layer: fx.Node, traced: TracedModel, frozen: FrozenModel
+                   ) -> tuple[fx.Node, list[fx.Node], list[fx.Node]] | None:
+    """Where the input quantizer of ``layer`` can move when the value it quantizes is read by
+    several layers, all of them quantized layers with the same input quantizer (a stem
+    feeding a block's first conv and its downsampling conv, a max-pool feeding both branches
+    of a ShuffleNet unit): ``(producer, chain, readers)``, else ``None``.
+
+    Quantizing once for all readers computes the same codes. onnxruntime does that itself
+    (it merges the identical ``Q`` nodes, drops a ``Relu`` before a ``Q`` whose zero point is
+    0 and moves the ``Q`` before a ``MaxPool``) and then fuses the producing conv; writing
+    the graph so keeps the deploy model (:mod:`srqcli.deploy.graph`), which runs the file as
+    written, and onnxruntime on the same integer kernels."""
+    value = layer.args[0]
+    if not isinstance(value, fx.Node) or value.op == "placeholder" or len(value.users) < 2:
+        return None
+    readers = list(value.users)
+    encodings = set()
+    for r in readers:
+        if r.op != "call_module" or str(r.target) not in frozen.layers or r.args[:1] != (value,) \
+                or len(r.args) != 1 or r.kwargs:
+            return None
+        encodings.add(frozen.layers[str(r.target)].act)
+    if len(encodings) != 1:
+        return None
+    chain: list[fx.Node] = []
+    cur = value
+    while classify(cur, traced).kind in TRANSPARENT and (cur is value or len(cur.users) == 1):
+        chain.append(cur)
+        cur = cur.args[0]
+        if not isinstance(cur, fx.Node):
+            return None
+    if cur.op == "placeholder" or (cur is not value and len(cur.users) != 1):
+        return None
+    return cur, chain, readers
+
+
 def plan_placements(traced: TracedModel, frozen: FrozenModel) -> tuple[dict[fx.Node, _Placement], set[fx.Node]]:
     """Where each layer-input quantizer goes; the transparent nodes absorbed by moving it."""
     placements: dict[fx.Node, _Placement] = {}
@@ -130,6 +167,11 @@ def plan_placements(traced: TracedModel, frozen: FrozenModel) -> tuple[dict[fx.N
         if node.op != "call_module" or str(node.target) not in frozen.layers:
             continue
         found = quantizer_source(node, traced)
+        readers = [node]
+        if found is None:
+            shared = _shared_source(node, traced, frozen)
+            if shared is not None:
+                *found, readers = shared
         if found is None or found[0] in placements:
             continue  # read elsewhere too: quantize at the layer's input only
         cur, chain = found
@@ -139,7 +181,7 @@ def plan_placements(traced: TracedModel, frozen: FrozenModel) -> tuple[dict[fx.N
             op = classify(c, traced)
             if op.kind in ("relu", "clip"):
                 lo, hi = _clip_codes(enc, op, lo, hi)
-        placements[cur] = _Placement(enc, lo, hi, list(reversed(chain)), node)
+        placements[cur] = _Placement(enc, lo, hi, list(reversed(chain)), readers)
         absorbed.update(chain)
     return placements, absorbed
 
@@ -189,7 +231,7 @@ class _Builder:
         # packed: no integer kernel can use INT4/INT2 weights, so quantizers stay at the layer
         # inputs, behind a float Clip (see quantize_act).
         self.placements, self.absorbed = plan_placements(traced, frozen) if layout == "qdq" else ({}, set())
-        self.placed_ranges = {pl.consumer: (pl.lo, pl.hi) for pl in self.placements.values()}
+        self.placed_ranges = {c: (pl.lo, pl.hi) for pl in self.placements.values() for c in pl.consumers}
         self.stats = OnnxStats()
         self.scaling = self.plan_scaling() if layout == "qdq" else {}
 
@@ -256,6 +298,11 @@ class _Builder:
         ``shift`` (unsigned codes only) stores the codes ``<< shift`` with the step divided by
         ``2^shift`` (same values), for a fused layer's finer bias grid (:mod:`.accumulator`).
         """
+        return self.dequantize_codes(self.quantize_codes(x, enc, lo, hi, base, clip=clip), base, shift=shift)
+
+    def quantize_codes(self, x: str, enc: ActEncoding, lo: int, hi: int, base: str, *,
+                       clip: bool = True) -> tuple[str, np.float32, int]:
+        """The ``Q`` (and code ``Clip``) of :meth:`quantize_act`: ``(codes, step, zero point)``."""
         offset = _zero_point(lo)
         step = np.float32(enc.step)
         scale = self.const(np.array(step, dtype=np.float32), "act_scale")
@@ -274,10 +321,17 @@ class _Builder:
             bounds = [self.const(np.array(lo + offset, dtype=np.uint8), "code_lo"),
                       self.const(np.array(hi + offset, dtype=np.uint8), "code_hi")]
             q = self.op("Clip", [q, *bounds], f"{base}.clip")
+        return q, step, offset
+
+    def dequantize_codes(self, codes: tuple[str, np.float32, int], base: str, *, shift: int = 0) -> str:
+        """The ``BitShift`` (when ``shift``) and ``DQ`` of :meth:`quantize_act`."""
+        q, step, offset = codes
+        zp = self.const(np.array(offset, dtype=np.uint8), f"zp_u8_{offset}")
         if shift:
             q = self.op("BitShift", [q, self.const(np.array(shift, dtype=np.uint8), "shift")], f"{base}.shift",
                         direction="LEFT")
-            scale = self.const(np.array(step / np.float32(1 << shift), dtype=np.float32), "act_scale")
+            step = step / np.float32(1 << shift)
+        scale = self.const(np.array(step, dtype=np.float32), "act_scale")
         return self.op("DequantizeLinear", [q, scale, zp], f"{base}.dq")
 
     def weight(self, fl: FrozenLayer, scaling: CodeScaling | None = None, as_float: bool = False) -> str:
@@ -670,19 +724,26 @@ class _Builder:
         return helper.make_graph(self.nodes, "srq", [inp], [outp], initializer=self.inits)
 
     def place(self, node: fx.Node, y: str) -> None:
-        """Emit a moved quantizer on ``y`` and the transparent ops after it."""
+        """Emit a moved quantizer on ``y`` and the transparent ops after it; layers sharing
+        the quantizer share its codes and differ at most in their code shift."""
         pl = self.placements[node]
-        base = f"{pl.consumer.target}.input"
-        scaling = self.scaling.get(pl.consumer)
-        shift = scaling.act_shift if scaling else 0
+        base = f"{pl.consumers[0].target}.input"
         moves = [c for c in pl.chain if classify(c, self.traced).kind not in ("relu", "clip", "noop")]
-        x = self.quantize_act(y, pl.encoding, pl.lo, pl.hi, base, shift=0 if moves else shift)
-        for c in moves:  # relu/clip/noop are absorbed into the code range
-            x = self.transparent(c, classify(c, self.traced), x, f"{base}.{c.name}")
+        codes = self.quantize_codes(y, pl.encoding, pl.lo, pl.hi, base)
         if moves:  # data movement on grid values: re-quantize (exact) so the layer sees DQ;
             # the Clip changes no value but bounds the stored codes visibly (.pair_bound)
-            x = self.quantize_act(x, pl.encoding, pl.lo, pl.hi, f"{base}.re", shift=shift)
-        self.quantized_input[pl.consumer] = x
+            x = self.dequantize_codes(codes, base)
+            for c in moves:  # relu/clip/noop are absorbed into the code range
+                x = self.transparent(c, classify(c, self.traced), x, f"{base}.{c.name}")
+            base = f"{base}.re"
+            codes = self.quantize_codes(x, pl.encoding, pl.lo, pl.hi, base)
+        by_shift: dict[int, str] = {}
+        for consumer in pl.consumers:
+            scaling = self.scaling.get(consumer)
+            shift = scaling.act_shift if scaling else 0
+            if shift not in by_shift:
+                by_shift[shift] = self.dequantize_codes(codes, base, shift=shift)
+            self.quantized_input[consumer] = by_shift[shift]
 
 
 def build_onnx(traced: TracedModel, frozen: FrozenModel, *, layout: str = "qdq", opset: int | None = None,
