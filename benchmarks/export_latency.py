@@ -1,4 +1,4 @@
-"""onnxruntime latency of srq's ONNX exports of torchvision ResNet-18 (224×224, 1000 classes).
+"""onnxruntime latency of srq's ONNX exports of torchvision ResNet-18 and MobileNet-V2 (224×224, 1000 classes).
 
 Speed only: the weights are random (BatchNorm randomised so that nothing is deduplicated,
 see ``srqcli.export.demo``) and the quantizers are calibrated on a few random batches, so
@@ -7,11 +7,12 @@ there is no accuracy to report. For each bit-width the model is exported as exac
 and the exporters' exactness is the tests' job); every export and the float ONNX export of
 the same network are timed side by side in alternating rounds (2 threads, batch 1 and 16),
 and the integer kernels onnxruntime runs and its per-op-type profile at batch 1 are recorded.
-``w{b}a{b}_output8`` is the network quantized with ``output_bits=8`` (``srq quantize
---output-bits 8``: residual-branch, shortcut and stem outputs quantized in the model), exported
-as exact ``qdq``.
+``w{b}a{b}_output8`` is the network quantized with ``output_bits=8`` (residual-branch, shortcut
+and stem outputs quantized in the model: ``srq quantize``'s default), exported as exact ``qdq``:
+the file a user gets with no flags. The other rows are the network quantized with
+``--output-bits 0`` (layer inputs only, the published protocols).
 
-    python -m benchmarks.export_latency
+    python -m benchmarks.export_latency                      # ResNet-18 and MobileNet-V2
 """
 
 from __future__ import annotations
@@ -36,16 +37,22 @@ VARIANTS = {"": {}, "_float_unfused": {"float_unfused": True}, "_requant": {"req
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--arch", nargs="+", default=["resnet18", "mobilenet_v2"])
     p.add_argument("--bits", type=int, nargs="+", default=[4, 3])
     p.add_argument("--rounds", type=int, default=20, help="alternating rounds per batch size")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     args = p.parse_args()
     torch.set_num_threads(2)
-    out = RESULTS / "cache" / f"export_latency_{args.arch}"
+    for arch in args.arch:
+        measure(arch, args)
+
+
+def measure(arch: str, args: argparse.Namespace) -> None:
+    """Export ``arch`` in every variant, time it against its float ONNX, write the result."""
+    out = RESULTS / "cache" / f"export_latency_{arch}"
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    model = randomize_batchnorm(build_model(args.arch, CLASSES, SHAPE[0])).eval()
+    model = randomize_batchnorm(build_model(arch, CLASSES, SHAPE[0])).eval()
     paths = {"float": float_onnx(copy.deepcopy(model), (1, *SHAPE), out / "float.onnx")}
     gen = torch.Generator().manual_seed(1)
     calib = [torch.randn(8, *SHAPE, generator=gen) for _ in range(2)]
@@ -62,7 +69,7 @@ def main() -> None:
     load_before = os.getloadavg()
     table = latency_table(paths, SHAPE, threads=args.threads, rounds=args.rounds)
     result = {
-        "arch": args.arch, "input": list(SHAPE), "classes": CLASSES, "threads": args.threads,
+        "arch": arch, "input": list(SHAPE), "classes": CLASSES, "threads": args.threads,
         "rounds": args.rounds, "weights": "random (speed only: no accuracy claims)",
         "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
         **table,
@@ -72,7 +79,7 @@ def main() -> None:
         "bytes": {name: os.path.getsize(path) for name, path in paths.items()},
     }
     print(result)
-    write_result(f"export_latency_{args.arch}", result)
+    write_result(f"export_latency_{arch}", result)
 
 
 if __name__ == "__main__":

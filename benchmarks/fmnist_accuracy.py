@@ -8,6 +8,9 @@
    ``benchmarks/results/fmnist_accuracy_e{EPOCHS}.json`` (one file, one table, per fine-tuning
    length) so an interrupted run continues.
 
+Layer inputs are quantized, outputs not (``--output-bits 0``, the protocol of the published
+tables; ``srq quantize`` defaults to 8 since the deploy model: ``benchmarks.deploy_accuracy``).
+
 Needs Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``).
 
     python -m benchmarks.fmnist_accuracy --pretrain-epochs 6 --epochs 4 --bits 4 3 2
@@ -44,7 +47,7 @@ def base_recipe(args) -> Recipe:
         "model": {"arch": "resnet20"},
         "data": {"source": args.data, "batch_size": 128, "calib_batches": 4,
                  "train_limit": args.train_limit},
-        "quant": {"weight_bits": 4, "act_bits": 4},
+        "quant": {"weight_bits": 4, "act_bits": 4, "output_bits": args.output_bits},
         "dropbits": {"variant": "none", "rate": args.drop_rate, "anneal_epochs": 1,
                      "bn_reestimate_batches": 50},
         "train": {"epochs": args.epochs, "lr": args.lr, "quant_lr": args.quant_lr, "seed": 0,
@@ -54,12 +57,14 @@ def base_recipe(args) -> Recipe:
 
 
 def float_checkpoint(args, console: Console) -> Path:
-    """Train the float start once (full training split) and cache it."""
-    path = CACHE / f"resnet20_fmnist_float_{args.pretrain_epochs}ep.safetensors"
+    """Train the float start once (full training split, or a fixed random subset of
+    ``--pretrain-limit`` images) and cache it."""
+    limit = args.pretrain_limit
+    path = CACHE / f"resnet20_fmnist_float_{args.pretrain_epochs}ep{f'_{limit}' if limit else ''}.safetensors"
     if path.is_file():
         return path
     r = base_recipe(args)
-    r.data.train_limit = None
+    r.data.train_limit = limit
     seed_everything(0)
     with Reporter(console) as rep:
         job = Job(r, CACHE, console, rep)
@@ -84,14 +89,25 @@ def finetune_float(args, ckpt: Path, seed: int, console: Console) -> dict:
     return {"top1": m.top1, "top5": m.top5, "epoch_seconds": [h.seconds for h in history]}
 
 
-def finetune_srq(args, ckpt: Path, bits: int, variant: str, seed: int, console: Console) -> dict:
+def srq_recipe(args, ckpt: Path, bits: int, variant: str, seed: int) -> Recipe:
+    """The recipe of one SRQ row: W``bits``A``bits`` from the float start ``ckpt``."""
     r = base_recipe(args)
     r.model.checkpoint = str(ckpt)
     r.quant.weight_bits = r.quant.act_bits = bits
     r.dropbits.variant = variant
     r.train.seed = seed
-    out = CACHE / f"srq_w{bits}_{variant}_e{args.epochs}_s{seed}"
-    res = run_quantize(r, out, overwrite=True, console=console)
+    return r
+
+
+def srq_run_dir(args, bits: int, variant: str, seed: int) -> Path:
+    """Where that row's ``srq quantize`` run is written (cached between benchmarks)."""
+    out = f"_out{args.output_bits}" if args.output_bits else ""
+    return CACHE / f"srq_w{bits}_{variant}_e{args.epochs}_s{seed}{out}"
+
+
+def finetune_srq(args, ckpt: Path, bits: int, variant: str, seed: int, console: Console) -> dict:
+    r = srq_recipe(args, ckpt, bits, variant, seed)
+    res = run_quantize(r, srq_run_dir(args, bits, variant, seed), overwrite=True, console=console)
     return {"top1": res.quant_metrics.top1, "top5": res.quant_metrics.top5,
             "float_start_top1": res.float_metrics.top1,
             "epoch_seconds": [h.seconds for h in res.history]}
@@ -102,6 +118,8 @@ def main() -> None:
     p.add_argument("--data", default=DATA)
     p.add_argument("--pretrain-epochs", type=int, default=6)
     p.add_argument("--pretrain-lr", type=float, default=2e-3)
+    p.add_argument("--pretrain-limit", type=int, default=None,
+                   help="train the float start on a fixed subset (default: all 60k images)")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--quant-lr", type=float, default=1e-3)
@@ -109,6 +127,8 @@ def main() -> None:
     p.add_argument("--bits", type=int, nargs="+", default=[4, 3, 2])
     p.add_argument("--variants", nargs="+", default=["lsb", "none"])
     p.add_argument("--drop-rate", type=float, default=0.05)
+    p.add_argument("--output-bits", type=int, default=0,
+                   help="srq quantize --output-bits (0, the published protocol: outputs float)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = p.parse_args()
     console = Console(stderr=True)
@@ -121,6 +141,9 @@ def main() -> None:
     # with more of them adds rows to the same table; any training setting starts a new one.
     rows = ("bits", "variants", "seeds")
     done = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    if "settings" in done:
+        done["settings"].setdefault("output_bits", 0)  # tables written before these options
+        done["settings"].setdefault("pretrain_limit", None)
     same = {k: v for k, v in done.get("settings", {}).items() if k not in rows} == \
         {k: v for k, v in settings.items() if k not in rows}
     runs = done.get("runs", {}) if same else {}

@@ -175,6 +175,8 @@ def _accuracy_command(s: dict[str, Any]) -> str:
             f"--quant-lr {s['quant_lr']:g}"]
     if s.get("train_limit"):
         args.append(f"--train-limit {s['train_limit']}")
+    if s.get("output_bits"):
+        args.append(f"--output-bits {s['output_bits']}")
     args += [f"--bits {' '.join(map(str, sorted(s['bits'], reverse=True)))}",
              f"--variants {' '.join(s['variants'])}", f"--seeds {' '.join(map(str, s['seeds']))}"]
     return "python -m benchmarks.fmnist_accuracy " + " ".join(args)
@@ -229,20 +231,26 @@ def _load_text(load: dict[str, list[float]]) -> str:
 
 
 def export_latency_section() -> list[str]:
-    lines = ["## Exported ResNet-18: onnxruntime latency (random weights, speed only)", ""]
-    r = _load("export_latency_resnet18")
+    return [line for arch in ("resnet18", "mobilenet_v2") for line in _export_latency(arch)]
+
+
+def _export_latency(arch: str) -> list[str]:
+    name = {"resnet18": "ResNet-18", "mobilenet_v2": "MobileNet-V2"}[arch]
+    lines = [f"## Exported {name}: onnxruntime latency (random weights, speed only)", ""]
+    r = _load(f"export_latency_{arch}")
     if r is None:
         return lines + ["_not run yet_", ""]
     quantized = list(r["integer_ops"])
-    lines += ["torchvision ResNet-18 at 224×224, 1000 classes, **random weights** (BatchNorm randomised, "
+    lines += [f"torchvision {name} at 224×224, 1000 classes, **random weights** (BatchNorm randomised, "
               "quantizers calibrated on random batches): these numbers are about speed only, no accuracy "
               f"claim. onnxruntime at its default level, {r['threads']} intra-op threads; every model timed "
               f"side by side in {r['rounds']} alternating rounds per batch size, median time and median "
               "per-round speed-up over the float ONNX export of the same network (BatchNorm folded, "
               "same builder). `w4a4`/`w3a3` are the exact qdq export, `float unfused` is `qdq --float-unfused` "
-              "(exact too), `requant` is `qdq --requant` (not bit-exact), `output8` is the network quantized "
-              "with `--output-bits 8` (residual, shortcut and stem outputs quantized in the model), exported "
-              "as exact qdq. Target: ≥ 2× float.",
+              "(exact too), `requant` is `qdq --requant` (not bit-exact), all three of the network quantized "
+              "with `--output-bits 0`; `output8` is the network quantized with srq's default `--output-bits 8` "
+              "(residual, shortcut and stem outputs quantized in the model), exported as exact qdq: **the file "
+              "`srq quantize` then `srq export` give with no flags**. Target: ≥ 2× float.",
               "", *_provenance(r), "",
               _load_text(r["load_average"]), "",
               "| export | batch | ms | float ms | speed-up | integer kernels run | file MB (float "
@@ -316,6 +324,69 @@ def export_section() -> list[str]:
         lines.append(f"| {name.upper()} | {b['float_onnx']:,} | {b['qdq_onnx']:,} | {b['qdq_float_unfused_onnx']:,} "
                      f"| {b['packed_onnx']:,} ({b['packed_onnx'] / b['float_onnx']:.3f}×) | {b['packed_safetensors']:,} | "
                      f"{b['limit_quantized_weights']:,.0f} | {b['checkpoint']:,} |")
+    lines.append("")
+    return lines
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def deploy_section() -> list[str]:
+    lines = ["## Deployed accuracy: Fashion-MNIST ResNet-20, trained vs deploy model vs onnxruntime", ""]
+    r = _load("deploy_accuracy")
+    if r is None:
+        return lines + ["_not run yet_: `python -m benchmarks.deploy_accuracy`", ""]
+    s, runs = r["settings"], r["runs"]
+    command = ("python -m benchmarks.deploy_accuracy "
+               f"--pretrain-epochs {s['pretrain_epochs']} "
+               + (f"--pretrain-limit {s['pretrain_limit']} " if s.get("pretrain_limit") else "")
+               + f"--epochs {s['epochs']} --lr {s['lr']:g} "
+               f"--quant-lr {s['quant_lr']:g} --train-limit {s['train_limit']} --bits "
+               + " ".join(k.split("a")[0][1:] for k in runs))
+    lines += [f"Issue #13's acceptance test. `srq quantize` defaults (SRQ, DropBits `{s['variant']}` p = "
+              f"{s['drop_rate']} annealed over the last epoch then BatchNorm re-estimated, `--output-bits "
+              f"{s['output_bits']}`, all layers quantized, network input 8 bits), from the float ResNet-20 of "
+              f"the accuracy benchmark ({r['float_checkpoint']}: {_count(s['pretrain_epochs'], 'epoch')} on "
+              + (f"a fixed {s['pretrain_limit']}-image subset of the training split"
+                 if s.get("pretrain_limit") else "the 60k training images")
+              + f"), fine-tuned {_count(s['epochs'], 'epoch')} on a fixed {s['train_limit']}-image subset "
+              f"(Adam, cosine, lr {s['lr']:g}, quantizer lr {s['quant_lr']:g}, seed {s['seed']}). Every "
+              "number is over all 10,000 t10k images: *fake-quant* is the trained PyTorch model, *deploy* "
+              "the deploy model `srq quantize` reports (`srqcli.deploy`: the exported graph run with "
+              "onnxruntime's integer arithmetic), *onnxruntime* the file `srq export` writes (verified at "
+              "export unless noted below) at onnxruntime's default optimisation level. Targets: onnxruntime and deploy agree "
+              "on 100.00% of the top-1 predictions; deploy within 0.1 point of fake-quant.",
+              "", *_provenance(r, command), "",
+              "| model | fake-quant top-1 | deploy top-1 | deploy − fake-quant | within 0.1? | onnxruntime "
+              "top-1 | ORT vs deploy top-1 agreement | 100%? | bit-identical logits (images) | fake-quant vs "
+              "deploy agreement | integer kernels (deploy / ORT) |",
+              "|---|---:|---:|---:|:-:|---:|---:|:-:|---:|---:|---|"]
+    for name, row in runs.items():
+        ov, fd = row["ort_vs_deploy"], row["fake_quant_vs_deploy"]
+        ops = ", ".join(f"{k} ×{v}" for k, v in row["integer_ops"].items())
+        lines.append(
+            f"| {name.upper()} | {row['fake_quant_top1']:.2f} | {row['deploy_top1']:.2f} | "
+            f"{row['deploy_minus_fake_quant']:+.2f} | {'yes' if abs(row['deploy_minus_fake_quant']) <= 0.1 else 'no'} | "
+            f"{row['ort_top1']:.2f} | {ov['top1_agreement']:.2f}% ({ov['differing_images']} differ) | "
+            f"{'yes' if ov['differing_images'] == 0 else 'no'} | {ov['identical_logit_images']:.2f}% | "
+            f"{fd['top1_agreement']:.2f}% ({fd['differing_images']} differ) | {row['deploy_fused_layers']} / {ops} |")
+    for name, row in runs.items():
+        if "export_refused" in row:
+            lines += ["", f"**{name.upper()}: `srq export` refused the file** ({row['export_refused']}); "
+                      "the onnxruntime numbers are from the same export written with `--no-verify`. "
+                      "Since then export gates the default level against the deploy model (exact) and only "
+                      "reports its agreement with the trained model, so this file is no longer refused."]
+    lines += ["", "Time and load (context only):", ""]
+    for name, row in runs.items():
+        q = row["srq_quantize_reported"]
+        load = row["load_average"]
+        lines.append(f"- {name.upper()}: `srq quantize` {q['seconds']:.0f} s (epochs "
+                     f"{', '.join(f'{t:.0f}' for t in q['epoch_seconds'])} s; it reported top-1 {q['top1']:.2f} "
+                     f"and deployed {q['deployed_top1']:.2f}); evaluation of the 10k images: fake-quant "
+                     f"{row['seconds_fake_quant']:.0f} s, deploy model {row['seconds_deploy']:.0f} s, onnxruntime "
+                     f"{row['seconds_ort']:.0f} s; load average (1 min) {load['before'][0]:.2f} before, "
+                     f"{load['after'][0]:.2f} after")
     lines.append("")
     return lines
 
@@ -440,7 +511,7 @@ def main() -> None:
              "section names the command that produced it. Protocol: `docs/benchmark-protocol.md` "
              "(ratios measured side by side in one run; accuracy on held-out splits only).", ""]
     lines += (step_time_section() + throughput_section() + grid_sections() + accuracy_section()
-              + export_section() + export_latency_section() + search_section() + ablation_section()
+              + export_section() + deploy_section() + export_latency_section() + search_section() + ablation_section()
               + data_loading_section() + startup_section())
     extra = Path(__file__).parent / "NOTES.md"
     if extra.is_file():

@@ -24,8 +24,8 @@ from srqcli.preprocessing import FLAGS, check_preprocessing
 @app.command("eval")
 @user_errors
 def eval_command(
-    target: Annotated[str, typer.Argument(help="Run folder, srq .safetensors or .onnx file, a float weights file (state_dict or TorchScript: the architecture is read from it), or an architecture name (with --checkpoint).")],
-    arch: Annotated[Optional[str], typer.Option(help="Architecture of a float weights file (default: found from its tensor names and shapes).")] = None,
+    target: Annotated[str, typer.Argument(help="Run folder, srq .safetensors or .onnx file, a float weights file (state_dict, TorchScript or torch.export .pt2: the architecture is read from it), or an architecture name or your model's code as package.module:Class (with --checkpoint).")],
+    arch: Annotated[Optional[str], typer.Option(help="Architecture of a float weights file (default: found from its tensor names and shapes), or the package.module:Class of a run built from your code (srq imports code only when named).")] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="Dataset (default: the one the run used).")] = None,
     image_size: ImageSize = None,
     resize_size: ResizeSize = None,

@@ -29,10 +29,21 @@ def export_command(
     batch_size: Annotated[int, typer.Option(help="Verification batch size.")] = 32,
     requant: Annotated[bool, typer.Option("--requant", help="Also quantize to int8 the layer outputs PyTorch keeps in float (residual branches, average-pool inputs; steps calibrated on --data or random inputs) so every conv runs as an integer kernel: ~2x faster ResNets, but no longer bit-exact; verified by top-1 agreement with --data.")] = False,
     float_unfused: Annotated[bool, typer.Option("--float-unfused", help="Store the weights of convolutions whose output stays float (residual branches, stem; onnxruntime cannot fuse them) as float32 instead of int8 codes: the same values, still exact, but onnxruntime no longer dequantizes them on every run (faster exact export, larger file).")] = False,
+    arch: Annotated[str | None, typer.Option(help="The package.module:Class of a run built from your code (srq imports code only when named).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Export a quantized model to ONNX or packed safetensors, verified against PyTorch."""
     from srqcli.export.workflow import run_export
+
+    if arch is not None:
+        from srqcli.errors import SrqError
+        from srqcli.models.user import is_import_path
+        from srqcli.workflow.model_source import user_code
+
+        if not is_import_path(arch):
+            raise SrqError(f"--arch {arch}: srq export takes --arch only for a run built from your "
+                           "code (package.module:Class); a run names its architecture itself")
+        err_console.print(user_code(arch), highlight=False)
 
     res = run_export(target, fmt=format.strip().lower(), layout=layout.strip().lower(), opset=opset, out=out, data=data,
                      verify=verify, batches=batches, batch_size=batch_size, requant=requant,

@@ -36,7 +36,7 @@ Method = Enum("Method", {m: m for m in METHODS}, type=str)
 @app.command()
 @user_errors
 def quantize(
-    model: Annotated[str, typer.Argument(help="A weights file (state_dict .pt/.pth/.safetensors or TorchScript: the architecture is read from it), an architecture name (resnet20, lenet5, resnet18, mobilenet_v2, … with -c), or 'example' for the built-in demo.")],
+    model: Annotated[str, typer.Argument(help="A weights file (state_dict .pt/.pth/.safetensors, TorchScript or torch.export .pt2: the architecture is read from it), an architecture name (resnet20, lenet5, resnet18, mobilenet_v2, … with -c), your model's code as package.module:Class (imported; -c for its weights), or 'example' for the built-in demo.")],
     arch: Annotated[Optional[str], typer.Option(help="Architecture of a MODEL weights file (default: found from its tensor names and shapes).")] = None,
     weights: Annotated[Optional[str], typer.Option(help="torchvision pretrained weights of the MODEL architecture (e.g. IMAGENET1K_V1, DEFAULT), from torch's hub cache.")] = None,
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Float weights: state_dict .pt/.pth, .safetensors or TorchScript.")] = None,
@@ -138,7 +138,9 @@ def quantize(
                       origin=resolve_recipe_path(recipe) if recipe else None)
     apply_model_preprocessing(cfg, weights)
     if out is None:
-        out = Path("runs") / f"{cfg.model.arch}-w{cfg.quant.weight_bits}a{cfg.quant.act_bits}"
+        from srqcli.models.user import folder_name
+
+        out = Path("runs") / f"{folder_name(cfg.model.arch)}-w{cfg.quant.weight_bits}a{cfg.quant.act_bits}"
     if resume:
         finished = check_resume(out, cfg, flags)
         if finished:

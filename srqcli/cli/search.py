@@ -27,7 +27,7 @@ class GateStructure(str, Enum):
 @app.command("search-bits")
 @user_errors
 def search_bits(
-    model: Annotated[str, typer.Argument(help="Architecture (resnet20, lenet5, …) or 'example' for the built-in demo.")],
+    model: Annotated[str, typer.Argument(help="Architecture (resnet20, lenet5, …), your model's code as package.module:Class (imported), or 'example' for the built-in demo.")],
     budget: Annotated[str | None, typer.Option("--budget", help="avg-bits=3.0 | size=1.5MB | bops=1.2G.")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="ImageFolder (train/, val/), IDX folder, or 'example'.")] = None,
     checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", help="Float weights: state_dict .pt/.pth, .safetensors or TorchScript.")] = None,
@@ -70,6 +70,12 @@ def search_bits(
         base, search = (load_recipe("example") if model == "example" else Recipe()), {}
     if model != "example":
         base.model.arch = model
+        from srqcli.models.user import is_import_path
+
+        if is_import_path(model):
+            from srqcli.workflow.model_source import user_code
+
+            job_console(quiet).print(user_code(model), highlight=False, soft_wrap=True)
     cfg = apply_overrides(base, {
         "model.checkpoint": checkpoint, "model.num_classes": num_classes,
         "model.pretrain_epochs": pretrain_epochs,
@@ -96,7 +102,9 @@ def search_bits(
     if not resume:
         scfg.validate()
     if out is None:
-        out = Path("runs") / f"{cfg.model.arch}-search-{parse_budget(scfg.budget).kind}"
+        from srqcli.models.user import folder_name
+
+        out = Path("runs") / f"{folder_name(cfg.model.arch)}-search-{parse_budget(scfg.budget).kind}"
     result = run_search(cfg, scfg, out, resume=resume, overwrite=overwrite,
                         trust_pickle=trust_pickle, console=job_console(quiet),
                         show_progress=not quiet)

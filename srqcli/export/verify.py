@@ -27,9 +27,13 @@ What must hold (gates), and why the tolerances are not zero:
    may sum or approximate them differently in the last bit, and the gate is ≥ 90% within one
    step (the identical fraction is reported). The number of layers the deploy model fuses
    must equal the integer kernels onnxruntime executes.
-3. With real data (``--data``) top-1 agreement is gated too: ≥ 99% for 1 and 2, and the
-   default level vs PyTorch ≥ ``DEFAULT_TOP1``. (On random inputs to an untrained model the
-   logits are nearly tied and top-1 agreement is noise, so it is reported, not gated.)
+3. With real data (``--data``) top-1 agreement is gated too: ≥ 99% for 1 and 2. (On random
+   inputs to an untrained model the logits are nearly tied and top-1 agreement is noise, so it
+   is reported, not gated.) The default level vs the trained PyTorch model is reported only:
+   the file differs from the trained model by the int32 rounding of its biases, by design, and
+   what that costs is reported as the deployed accuracy (``srq quantize``/``srq eval``), not
+   refused (a Fashion-MNIST ResNet-20 W4A4: 98.4% top-1 agreement, deployed top-1 0.14 points
+   *above* the trained model's; BENCHMARKS.md "Deployed accuracy").
 4. A ``--requant`` export adds int8 roundings PyTorch does not do: gate 1 becomes top-1
    agreement ≥ ``DEFAULT_TOP1`` on real data (nothing on random inputs); gate 2 is unchanged.
 
@@ -56,7 +60,7 @@ from srqcli.errors import SrqError, short_reason
 LEVELS = ("disabled", "default")
 WITHIN = 0.90  # gates 1 and 2: fraction of outputs within one output step
 TOP1 = 0.99  # gates 1 and 2 with real data: top-1 agreement
-DEFAULT_TOP1 = 0.97  # gate 3: default level vs PyTorch on real data
+DEFAULT_TOP1 = 0.97  # gate 1 of a --requant export on real data
 
 
 def ort_session(model: str | os.PathLike | bytes, level: str = "default", threads: int = 2,
@@ -222,22 +226,24 @@ def verify_onnx(model_path: str | os.PathLike, torch_model: nn.Module, batches: 
     else:
         report.results.append(compare("disabled", "pytorch", ref, outs["disabled"], step, None,
                                       DEFAULT_TOP1 if real_data else None))
-    report.results.append(compare("default", "pytorch", ref, outs["default"], step, None,
-                                  DEFAULT_TOP1 if real_data else None))
+    report.results.append(compare("default", "pytorch", ref, outs["default"], step, None, None))
     deploy = DeployModel(onnx.load(str(model_path)))
     with torch.no_grad():
         deployed = np.concatenate([deploy(torch.from_numpy(x[i:i + 64])).numpy() for i in range(0, len(x), 64)])
     report.fused_layers = len(deploy.plan.fused)
     report.float_layers = [name.removesuffix("/Conv").removesuffix("/Gemm") for name in deploy.plan.float_layers]
-    report.inexact_ops = sorted(set(deploy.plan.inexact.values()))
-    report.results.append(compare("default", "deploy", deployed, outs["default"], step, WITHIN, top1,
-                                  require_identical=deploy.plan.exact))
+    inexact = set(deploy.plan.inexact.values())
     if list_ops:
         report.op_types = dict(sorted(executed_op_types(model_path, Path(model_path).parent).items()))
         kernels = sum(n for k, n in report.op_types.items() if k in FUSED_KERNELS.values())
         if kernels != report.fused_layers:
             report.kernel_mismatch = (f"onnxruntime runs {kernels} integer conv/gemm kernels where the deploy "
                                       f"model fuses {report.fused_layers} layers")
+        # other fused quantized ops (QLinearAdd, ...) compute in ways the deploy model does not model
+        inexact.update(k for k in report.op_types if k.startswith("QLinear") and k not in FUSED_KERNELS.values())
+    report.inexact_ops = sorted(inexact)
+    report.results.append(compare("default", "deploy", deployed, outs["default"], step, WITHIN, top1,
+                                  require_identical=not inexact))
     return report
 
 

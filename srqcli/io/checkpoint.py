@@ -6,9 +6,11 @@ default path only uses loaders that cannot run arbitrary Python: ``torch.load`` 
 ``weights_only=True``, safetensors and TorchScript. Full unpickling happens only when the user
 opted in with ``trust_pickle=True`` (``--trust-pickle``).
 
-Every failure caused by the file becomes a one-line :class:`SrqError` that says what to do,
-because torch's own messages are multi-line, mention internals (miniz, ``add_safe_globals``)
-and sometimes suggest ``weights_only=False`` without the security caveat that matters here.
+The loader is chosen by the file's content (:mod:`srqcli.io.sniff`), not its suffix. Every
+failure caused by the file becomes a one-line :class:`SrqError` that says what to do, because
+torch's own messages are multi-line, mention internals (miniz, ``add_safe_globals``) and
+sometimes suggest ``weights_only=False`` without the security caveat that matters here; a file
+no loader can read is described from its bytes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import torch
 from torch import nn
 
 from srqcli.errors import SrqError, short_reason
+from srqcli.io import pt2
+from srqcli.io.sniff import PICKLE_PROTO, diagnosis, looks_like_safetensors
 
 # Keys under which training scripts commonly nest the weights, in order of preference: the
 # plain weights first, EMA weights only when nothing else is there.
@@ -32,8 +36,6 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "ema")
 # Prefixes added by DistributedDataParallel and torch.compile that the bare model lacks.
 _KEY_PREFIXES = ("module.", "_orig_mod.")
 _NAMES_PER_CATEGORY = 3
-# The opcode every pickle of protocol >= 2 starts with; torch.save's legacy format is one.
-_PICKLE_PROTO = 0x80
 
 
 def read_state_dict(
@@ -54,18 +56,32 @@ def read_state_dict(
     if file.stat().st_size == 0:
         raise SrqError(f"checkpoint {file} is empty (0 bytes)")
 
-    if file.suffix.lower() == ".safetensors":
+    if file.suffix.lower() == ".safetensors" or looks_like_safetensors(file):
         try:
             loaded: object = safetensors.torch.load_file(file, device="cpu")
         except Exception as exc:  # the Rust loader raises its own exception types
             reason = short_reason(exc)
             raise SrqError(f"{file} is not a valid safetensors file: {reason}") from exc
+    elif pt2.is_pt2(file):
+        loaded = pt2.read_weights(file, trust_pickle=trust_pickle)
     elif _is_torchscript(file):
         loaded = _load_torchscript(file)
     else:
         loaded = _torch_load(file, trust_pickle=trust_pickle)
 
     return _extract_state_dict(loaded, file, trust_pickle=trust_pickle)
+
+
+#: What :func:`weights_kind` calls a ``torch.export`` file.
+EXPORTED_PROGRAM = "torch.export program"
+
+
+def weights_kind(file: Path) -> str:
+    """What a readable weights file holds, in words for notes: a ``state_dict``, a
+    ``TorchScript model`` or a :data:`EXPORTED_PROGRAM`."""
+    if pt2.is_pt2(file):
+        return EXPORTED_PROGRAM
+    return "TorchScript model" if _is_torchscript(file) else "state_dict"
 
 
 def load_into(
@@ -107,7 +123,7 @@ def load_into(
     if problems:
         raise SrqError(
             f"checkpoint does not fit {arch}: {', '.join(problems)}; "
-            "check --arch, --num-classes and the input channels"
+            "check the architecture, --num-classes and the input channels"
         )
 
     model.load_state_dict(
@@ -162,26 +178,29 @@ def _torch_load(file: Path, *, trust_pickle: bool) -> object:
             )
             return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # Random bytes also fail as UnpicklingError; only call it pickled objects when the
-        # file is shaped like something torch.save or pickle.dump wrote.
-        if not _looks_like_pickle(file):
-            raise _unreadable(file, exc) from exc
+        # Random bytes and cut-off files also fail as UnpicklingError; only call it pickled
+        # objects when the file is shaped like something torch.save or pickle.dump wrote.
+        if not _looks_like_pickle(file) or _is_truncated(exc):
+            raise SrqError(diagnosis(file)) from exc
         if not trust_pickle:
             raise SrqError(
                 f"{file} contains pickled Python objects (e.g. a whole nn.Module); re-save it as "
                 "a state_dict, or pass --trust-pickle if you trust its source"
             ) from exc
     except Exception as exc:  # truncated zips, EOF, bad magic numbers: all mean "unreadable"
-        raise _unreadable(file, exc) from exc
+        raise SrqError(diagnosis(file)) from exc
 
     try:
         return torch.load(file, map_location="cpu", weights_only=False)
     except Exception as exc:  # e.g. the pickled class's module cannot be imported here
+        if isinstance(exc, (pickle.UnpicklingError, EOFError)) and not zipfile.is_zipfile(file):
+            raise SrqError(diagnosis(file)) from exc
         raise _unreadable(file, exc) from exc
 
 
 def _unreadable(file: Path, exc: Exception) -> SrqError:
-    """The error for a file no loader could make sense of, with torch's reason kept short."""
+    """The error for a file of a known format that its loader refused, with its reason kept
+    short (e.g. the module of a pickled class that this Python cannot import)."""
     return SrqError(f"{file} is not a readable PyTorch checkpoint: {short_reason(exc)}")
 
 
@@ -190,7 +209,12 @@ def _looks_like_pickle(file: Path) -> bool:
     if zipfile.is_zipfile(file):
         return True
     with file.open("rb") as handle:
-        return handle.read(1) == bytes([_PICKLE_PROTO])
+        return handle.read(1) == PICKLE_PROTO
+
+
+def _is_truncated(exc: pickle.UnpicklingError) -> bool:
+    """Whether the pickle ended early (a cut-off download), rather than naming a global."""
+    return "truncated" in str(exc) or isinstance(exc.__cause__ or exc.__context__, EOFError)
 
 
 def _extract_state_dict(

@@ -1,4 +1,5 @@
-"""Model zoo: srq's built-in CIFAR/MNIST-sized nets plus every torchvision classifier.
+"""Model zoo: srq's built-in CIFAR/MNIST-sized nets, every torchvision classifier, and the
+user's own code named by its import path (:mod:`srqcli.models.user`).
 
 Models are always built from scratch (``weights=None``): srq runs offline, so nothing may be
 downloaded; users who want pretrained weights load a checkpoint afterwards.
@@ -22,11 +23,13 @@ from srqcli.models.resnet_cifar import (
     resnet44,
     resnet56,
 )
+from srqcli.models.user import build_user_model, is_import_path
 
 __all__ = [
     "CifarResNet",
     "LeNet5",
     "build_model",
+    "canonical_arch",
     "check_input_size",
     "default_input_size",
     "list_architectures",
@@ -72,13 +75,22 @@ def _check_known(arch: str) -> str:
     )
 
 
+def canonical_arch(arch: str) -> str:
+    """``arch`` as srq compares it: names in lower case, an import path as typed (Python's
+    names are case-sensitive)."""
+    return arch.strip() if is_import_path(arch) else arch.strip().lower()
+
+
 def build_model(arch: str, num_classes: int, in_channels: int = 3) -> nn.Module:
     """Build ``arch`` with randomly initialised weights for ``num_classes`` outputs.
 
     Torchvision models are built unmodified except, when ``in_channels != 3``, for their first
     ``Conv2d``, which is replaced by an identically configured conv with ``in_channels`` inputs
-    so that e.g. grayscale data can be fed to an ImageNet architecture.
+    so that e.g. grayscale data can be fed to an ImageNet architecture. An import path is the
+    user's factory, called as :func:`srqcli.models.user.build_user_model` says.
     """
+    if is_import_path(arch):
+        return build_user_model(arch, num_classes, in_channels)
     name = _check_known(arch)
     if name in _BUILTIN:
         return _BUILTIN[name](num_classes=num_classes, in_channels=in_channels)

@@ -224,6 +224,13 @@ def _trace_float(model: nn.Module, input_shape: tuple[int, ...]) -> TracedModel:
         model.train(was_training)
 
 
+def output_sites(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, str]:
+    """The layers of ``model`` whose output no quantizer reads (layer → the module whose output
+    an output quantizer would act on): :func:`graph.float_output_sites` of the traced model."""
+    names = [n for n, _ in quantizable_layers(model)]
+    return float_output_sites(_trace_float(model, input_shape), names)
+
+
 def with_output_sites(plan: list[LayerBits], sites: dict[str, str], bits: int) -> list[LayerBits]:
     """``plan`` with an output quantizer of ``bits`` on each layer of ``sites`` (layer → the
     module whose output it quantizes)."""

@@ -16,12 +16,13 @@ from srqcli.errors import SrqError
 from srqcli.io.checkpoint import load_into, read_state_dict
 from srqcli.io.quantized import ModelInfo, srq_format
 from srqcli.models import build_model
+from srqcli.models.user import is_import_path
 from srqcli.preprocessing import CHANNELS, FLAGS, IMAGEFOLDER_ONLY
 from srqcli.train.loop import EvalMetrics, evaluate, resolve_device
 from srqcli.train.progress import Reporter
 from srqcli.workflow import rundir
 from srqcli.workflow.deployed import evaluate_deployed
-from srqcli.workflow.model_source import resolve_model
+from srqcli.workflow.model_source import resolve_model, user_code
 
 
 @dataclass
@@ -64,7 +65,8 @@ def load_target(target: str, path: Path | None, *, checkpoint: str | None,
     if checkpoint:
         load_into(model, read_state_dict(checkpoint, trust_pickle=trust_pickle), arch=target)
     else:
-        raise SrqError(f"{target!r} is an architecture name: pass its weights with --checkpoint")
+        what = "code that builds a model" if is_import_path(target) else "an architecture name"
+        raise SrqError(f"{target!r} is {what}: pass its weights with --checkpoint")
     return model, "float"
 
 
@@ -75,8 +77,10 @@ def run_eval(target: str, *, data: str | None, checkpoint: str | None = None,
              arch: str | None = None, preprocessing: Mapping[str, Any] | None = None) -> EvalResult:
     """Evaluate ``target`` on the held-out split of ``data`` (defaults to the run's data).
 
-    A weights file srq did not write (a state_dict or TorchScript) is the float model it holds:
-    its architecture comes from ``arch`` or from the file (:mod:`srqcli.workflow.model_source`).
+    A weights file srq did not write (a state_dict, TorchScript or torch.export file) is the
+    float model it holds: its architecture comes from ``arch`` or from the file
+    (:mod:`srqcli.workflow.model_source`); user code (``package.module:Class``) is imported.
+    An srq file of a run built from user code takes that code's import path as ``arch``.
     Images are prepared as the model file says (its saved preprocessing); ``preprocessing``, the
     settings the user gave (:data:`~srqcli.preprocessing.FIELDS` → value, ``None``: unset),
     replaces those values, and is the only source for a float weights file, whose ImageFolder
@@ -85,21 +89,28 @@ def run_eval(target: str, *, data: str | None, checkpoint: str | None = None,
     console = console or Console(stderr=True)
     path = resolve_target(target)
     settings: dict[str, Any] = {}
-    if path is not None and path.suffix.lower() != ".onnx" and srq_format(path) is None:
-        source = resolve_model(str(path), checkpoint=checkpoint, arch=arch, trust_pickle=trust_pickle)
-        console.print(source.note, highlight=False, soft_wrap=True)
+    if (path is not None and path.suffix.lower() != ".onnx" and srq_format(path) is None) or (
+            path is None and is_import_path(target)):
+        source = resolve_model(str(path or target), checkpoint=checkpoint, arch=arch,
+                               trust_pickle=trust_pickle)
+        if source.note:
+            console.print(source.note, highlight=False, soft_wrap=True)
         target, path, checkpoint = source.arch, None, source.checkpoint
         num_classes = num_classes or source.num_classes
         if source.in_channels in CHANNELS:
             settings["channels"] = source.in_channels
+    elif arch is not None and is_import_path(arch) and path is not None:
+        console.print(user_code(arch), highlight=False, soft_wrap=True)
     elif arch is not None:
-        raise SrqError("--arch names the architecture of a plain weights file; "
-                       f"{target} names its own")
+        raise SrqError("--arch names the architecture of a plain weights file (or, for a run "
+                       f"built from user code, its package.module:Class); {target} names its own")
     info: ModelInfo | None = None
     if path is not None and path.suffix in (".safetensors", ".onnx"):
         from srqcli.export.artifacts import read_info
 
         info = read_info(path)
+        if arch is not None and info.arch != arch.strip():
+            raise SrqError(f"{path} is a model of {info.arch}, not of {arch}: drop --arch")
     if data is None and info is not None:
         check_saved_paths(info.recipe, path, ["data.source"])
     source = data or (info.recipe.data.source if info else None)

@@ -30,7 +30,8 @@ from srqcli.io.quantized import (
 )
 from srqcli.methods.registry import finish_training
 from srqcli.methods.schedule import TemperatureSchedule
-from srqcli.models import build_model
+from srqcli.models import build_model, canonical_arch
+from srqcli.models.user import check_user_model, is_import_path
 from srqcli.nn.dropbits_schedule import DropBitsSchedule
 from srqcli.nn.surgery import (
     LayerBits,
@@ -38,6 +39,7 @@ from srqcli.nn.surgery import (
     float_state_dict,
     is_quantizer_key,
     plan_bits,
+    output_sites,
     quantizable_layers,
     quantize_model,
 )
@@ -116,6 +118,8 @@ def build_float_model(recipe: Recipe, data: DatasetBundle, weights: dict | nn.Mo
     in_channels = m.in_channels or data.in_channels
     data.check_fits(num_classes, in_channels, "fix --num-classes or the data folder")
     model = build_model(m.arch, num_classes, in_channels)
+    if is_import_path(m.arch):
+        check_user_model(m.arch, model, num_classes, in_channels, data.image_size)
     if weights is not None:
         # An srq quantized model file as the start: its float part here; run_quantize keeps
         # its quantizers too (quantized_start_plan).
@@ -185,7 +189,9 @@ class Job:
             plan = start_plan
             _check_start_plan(plan, plan_bits([n for n, _ in quantizable_layers(model)], q),
                               self.recipe.model.checkpoint)
-            _check_start_outputs(plan, q.output_bits or None, self.recipe.model.checkpoint)
+            shape = (2, self.data.in_channels, self.data.image_size, self.data.image_size)
+            _check_start_outputs(plan, q.output_bits or None, self.recipe.model.checkpoint,
+                                 lambda: bool(output_sites(model, shape)))
         attach_quantizers(model, plan, q)
         return model, plan
 
@@ -307,7 +313,7 @@ def quantized_start_plan(recipe: Recipe) -> list[LayerBits] | None:
     if path is None or not is_quantized_model_file(path):
         return None
     info = read_model_info(path)
-    if info.arch != recipe.model.arch.strip().lower():
+    if info.arch != canonical_arch(recipe.model.arch):
         raise SrqError(f"{path} is a quantized {info.arch}, not a {recipe.model.arch}")
     if info.recipe.quant.method != recipe.quant.method:
         raise SrqError(f"{path} was quantized with --method {info.recipe.quant.method}; continue "
@@ -338,10 +344,16 @@ def _check_start_plan(saved: list[LayerBits], requested: list[LayerBits], path: 
                    "--bit-config OUT/bits.toml) or start from a float checkpoint")
 
 
-def _check_start_outputs(saved: list[LayerBits], output_bits: int | None, path: str | None) -> None:
-    """A quantized start file keeps its output quantizers (``--output-bits``): ask for the same."""
+def _check_start_outputs(saved: list[LayerBits], output_bits: int | None, path: str | None,
+                         has_sites: Callable[[], bool]) -> None:
+    """A quantized start file keeps its output quantizers (``--output-bits``): ask for the same.
+
+    A file without any fits every ``--output-bits`` when the model has no output to quantize
+    (``has_sites``: e.g. LeNet-5, whose every layer output feeds the next layer's quantizer)."""
     have = {p.output_bits for p in saved if p.output_bits is not None}
     if have == ({output_bits} if output_bits is not None else set()):
+        return
+    if not have and not has_sites():
         return
     made = f"--output-bits {have.pop()}" if have else "--output-bits 0"
     raise SrqError(f"{path} was quantized with {made}; pass the same or start from a float checkpoint")

@@ -18,7 +18,8 @@ def quantize(out, method: str):
     res = runner.invoke(app, ["quantize", "example", "--method", method, "--out", str(out), *QUICK])
     assert res.exit_code == 0, res.output
     header = next(line for line in res.stdout.splitlines() if "float" in line and "┃" in line)
-    assert header.split("┃")[-2].strip() == method  # the summary names what ran
+    assert header.split("┃")[-3].strip() == method  # the summary names what ran
+    assert header.split("┃")[-2].strip() == "deployed"  # beside the exported file's accuracy
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -45,6 +46,7 @@ def test_dq_trains_and_export_refuses_it(tmp_path):
     out = tmp_path / "dq"
     metrics = quantize(out, "dq")
     assert metrics["quantized"]["top1"] > metrics["float"]["top1"] - 10.0
+    assert metrics["deployed"] is None and "non-uniform levels" in metrics["undeployable"]
     ex = runner.invoke(app, ["export", str(out), "--format", "safetensors"])
     errors = [line for line in ex.stderr.splitlines() if line.startswith("error:")]
     assert ex.exit_code == 2 and len(errors) == 1 and "non-uniform levels" in errors[0]

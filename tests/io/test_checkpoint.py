@@ -187,8 +187,17 @@ def test_truncated_pt(tmp_path: Path, trained: nn.Sequential) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     message = load_error(path)
-    assert "not a readable PyTorch checkpoint" in message
-    assert len(message) < 300
+    assert message == (f"{path} is cut short or damaged: it starts as a zip archive (the container of "
+                       "torch.save, TorchScript and torch.export) but its end is missing; copy or save it again")
+
+
+def test_truncated_legacy_pickle(tmp_path: Path, trained: nn.Sequential) -> None:
+    """Cut short, torch.save's legacy format is not mistaken for pickled objects (--trust-pickle)."""
+    path = tmp_path / "model.pt"
+    torch.save(trained.state_dict(), path, _use_new_zipfile_serialization=False)
+    path.write_bytes(path.read_bytes()[:300])
+    for trust in (False, True):
+        assert "is cut short or damaged: it starts as a pickle" in load_error(path, trust_pickle=trust)
 
 
 @pytest.mark.parametrize("trust_pickle", [False, True])
@@ -197,7 +206,25 @@ def test_random_bytes(tmp_path: Path, trust_pickle: bool) -> None:
     generator = torch.Generator().manual_seed(1)
     data = torch.randint(0, 256, (4096,), generator=generator, dtype=torch.uint8)
     path.write_bytes(b"\x00" + data.numpy().tobytes())  # \x00 is never a pickle PROTO opcode
-    assert "not a readable PyTorch checkpoint" in load_error(path, trust_pickle=trust_pickle)
+    start = " ".join(f"{b:02x}" for b in path.read_bytes()[:8])
+    assert load_error(path, trust_pickle=trust_pickle) == (
+        f"{path} is not a PyTorch, safetensors or TorchScript file (it starts with bytes {start})")
+
+
+@pytest.mark.parametrize("name,start,what", [
+    ("model.h5", b"\x89HDF\r\n\x1a\n", "an HDF5 file"), ("model.pt.gz", b"\x1f\x8b\x08", "a gzip archive"),
+    ("model.onnx", b"\x08\x07\x12", "an ONNX model"),
+])
+def test_other_formats_are_named(tmp_path: Path, name: str, start: bytes, what: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(start + bytes(64))
+    assert load_error(path).startswith(f"{path} is {what}")
+
+
+def test_safetensors_content_is_read_whatever_the_suffix(tmp_path: Path, trained: nn.Sequential) -> None:
+    path = tmp_path / "model.pt"
+    save_file(trained.state_dict(), str(path))
+    assert read_state_dict(path).keys() == trained.state_dict().keys()
 
 
 def test_zip_with_a_damaged_member_name(tmp_path: Path, trained: nn.Sequential) -> None:
@@ -208,7 +235,7 @@ def test_zip_with_a_damaged_member_name(tmp_path: Path, trained: nn.Sequential) 
     name = data.rindex(b"flipped/data.pkl")  # the central directory entry
     data[name] = 0xCA
     path.write_bytes(bytes(data))
-    assert "flipped.pt is not a readable PyTorch checkpoint" in load_error(path)
+    assert "flipped.pt is a zip archive but not an intact PyTorch" in load_error(path)
 
 
 @TORCHSCRIPT_DEPRECATION
@@ -217,7 +244,7 @@ def test_truncated_torchscript(tmp_path: Path, trained: nn.Sequential) -> None:
     torch.jit.save(torch.jit.script(trained), str(path))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    assert "not a readable PyTorch checkpoint" in load_error(path)
+    assert "is cut short or damaged: it starts as a zip archive" in load_error(path)
 
 
 @pytest.mark.parametrize("keep", [0.5, 4 / 1000])
@@ -272,7 +299,7 @@ def fit_error(model: nn.Module, weights: dict[str, torch.Tensor]) -> str:
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("checkpoint does not fit tiny: ")
-    assert message.endswith("; check --arch, --num-classes and the input channels")
+    assert message.endswith("; check the architecture, --num-classes and the input channels")
     return message
 
 

@@ -14,6 +14,8 @@ from srqcli.models.infer import ArchMatch, infer_architecture
 @pytest.mark.parametrize("arch,classes,channels", [
     ("resnet18", 10, 3), ("mobilenet_v2", 10, 3), ("efficientnet_b0", 10, 3),
     ("resnet50", 5, 1), ("lenet5", 10, 1), ("resnet20", 7, 3),
+    # RegNets read their widths back from tensors: built with only their weights on meta
+    ("regnet_x_400mf", 10, 3), ("regnet_y_400mf", 10, 1),
 ])
 def test_torchvision_and_builtin_state_dicts_are_recognised(arch, classes, channels):
     state = build_model(arch, classes, channels).state_dict()
@@ -33,9 +35,15 @@ def test_no_match_names_the_nearest_and_asks_for_arch():
         infer_architecture(state)
 
 
-def test_a_non_vision_state_dict_is_refused():
-    with pytest.raises(SrqError, match="no convolution weights"):
-        infer_architecture({"embed.weight": torch.zeros(100, 16), "head.weight": torch.zeros(2, 16)})
+@pytest.mark.parametrize("model", [
+    torch.nn.LSTM(16, 32, num_layers=2),
+    torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(32, 4, 64), 1, enable_nested_tensor=False),
+    torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3)),
+], ids=["lstm", "transformer", "mlp"])
+def test_a_non_vision_state_dict_is_refused(model):
+    with pytest.raises(SrqError, match=r"matches no built-in or torchvision classifier: it has no "
+                                       r"convolution weights .*; pass --arch NAME, or the model's class"):
+        infer_architecture(model.state_dict())
 
 
 def test_several_matches_are_listed(monkeypatch):

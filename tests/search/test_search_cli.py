@@ -269,7 +269,7 @@ def test_output_bits_flag_is_kept_by_the_search_and_checked_by_the_fine_tune(tmp
     common = ["quantize", "resnet20", "--recipe", str(recipe), "--data", "example",
               "-c", str(out / "searched.safetensors"), "--bit-config", str(out / "bits.toml"),
               "--epochs", "0", "--quiet"]
-    res = runner.invoke(app, [*common, "--out", str(tmp_path / "bad")])
+    res = runner.invoke(app, [*common, "--output-bits", "0", "--out", str(tmp_path / "bad")])
     assert res.exit_code == 2 and "was quantized with --output-bits 8" in res.output
     res = runner.invoke(app, [*common, "--output-bits", "8", "--out", str(tmp_path / "ft")])
     assert res.exit_code == 0, res.output
