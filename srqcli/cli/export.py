@@ -99,9 +99,9 @@ def _print_onnx_check(v: dict) -> None:
                       "level (integer kernels). *deploy model: this file run in PyTorch with onnxruntime's "
                       "integer arithmetic (srq eval reports its accuracy).", highlight=False)
     if v.get("inexact_ops"):
+        hint = "; quantize with --output-bits 8 for all-integer convolutions" if "Conv" in v["inexact_ops"] else ""
         out_console.print(f"not bit-exact by design: {', '.join(v['inexact_ops'])} run in float (the last bit "
-                          "may differ between runtimes); quantize with --output-bits 8 for an all-integer file",
-                          highlight=False)
+                          f"may differ between runtimes){hint}", highlight=False)
     ops = v.get("executed_op_types") or {}
     integer = {k: n for k, n in ops.items() if k.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat"))}
     if integer:

@@ -157,6 +157,24 @@ class ShuffleNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+class FanOutNet(nn.Module):
+    """A stem read by two convs through ReLU and max-pooling (a ResNet stage's first block
+    with its downsampling conv, both branches of a ShuffleNet unit)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        self.left = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        self.right = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.cat((self.left(x), self.right(x)), dim=1)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 class MLP(nn.Module):
     """Linear layers only, with and without bias, ReLU and ReLU6."""
 
@@ -174,7 +192,7 @@ pytestmark = pytest.mark.usefixtures("eager_srq")
 
 
 MODELS = {"plain": PlainNet, "bn": BNNet, "grouped": GroupNet, "residual": ResNet, "shuffle": ShuffleNet,
-          "mlp": MLP}
+          "mlp": MLP, "fanout": FanOutNet}
 
 
 def make(name: str, bits: int, per_channel: bool, seed: int = 0, act_bits: int | None = None,
@@ -325,6 +343,29 @@ def test_onnxruntime_fuses_integer_kernels(name, fused, tmp_path):
     for op, count in fused.items():
         assert ops.get(op, 0) >= count, ops
     assert len(stats.fused_candidates) >= fused.get("QLinearConv", 0)
+
+
+@pytest.mark.parametrize("same_step", [True, False], ids=["same-step", "own-steps"])
+def test_layers_sharing_an_input_quantizer_share_it(same_step, tmp_path):
+    """Two convs reading the stem through identical input quantizers: one ``Q`` on the stem's
+    output, so the stem fuses (onnxruntime would merge two identical ``Q`` nodes, drop the
+    ReLU and move the ``Q`` before the max-pool itself, and fuse it where the deploy model,
+    running the file as written, would not). With their own steps each conv quantizes the
+    max-pool's output and the stem stays a float conv, in both."""
+    model = make("fanout", 4, per_channel=False)
+    if not same_step:
+        with torch.no_grad():
+            model.right[0].input_quant.log_alpha.add_(0.1)
+    proto, step, _, stats = export(model)
+    stem = {n.op_type for n in proto.graph.node if n.input and n.input[0] in
+            {o for m in proto.graph.node if m.name == "stem.0.Conv" for o in m.output}}
+    assert stem == ({"QuantizeLinear"} if same_step else {"Relu"})
+    assert ("stem.0" in stats.fused_candidates) == same_step
+    path, _, _ = check_onnxruntime(model, proto, step, tmp_path)
+    kernels = executed_op_types(path, tmp_path)
+    deploy = DeployModel(onnx.load(path))
+    assert kernels.get("QLinearConv", 0) + kernels.get("QGemm", 0) == len(deploy.plan.fused)
+    assert ("stem.0.Conv" in deploy.plan.fused) == same_step
 
 
 def test_negative_gamma_with_code_minus_128(tmp_path):
