@@ -183,6 +183,19 @@ class TinyCNN(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class GeluCNN(TinyCNN):
+    """TinyCNN with a GELU, which srq trains but its ONNX export does not write."""
+
+    def __init__(self, num_classes=7, in_channels=3):
+        super().__init__(num_classes, in_channels)
+        self.act = nn.GELU()
+
+    def forward(self, x):
+        x = self.act(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
 def not_a_model():
     return 42
 
@@ -231,6 +244,22 @@ def test_the_users_own_model_class_is_quantized_end_to_end(tmp_path, user_packag
     assert json_out(res)["images"] == 360 and f"imported user code {spec}" in res.stderr
     res = runner.invoke(app, ["export", str(out), "--arch", spec, "--batches", "1"])
     assert res.exit_code == 0 and (out / "model.onnx").is_file(), res.output
+
+
+@pytest.mark.usefixtures("eager_srq")
+def test_a_model_with_an_op_export_cannot_write_names_it_in_one_line(tmp_path, user_package):
+    """srq trains a model with a GELU; its deployed accuracy is n/a with the reason, and
+    srq export fails in one line naming the node, writing nothing."""
+    spec = f"{PACKAGE}.nets:GeluCNN"
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["quantize", spec, "--pretrain-epochs", "1", "--epochs", "1", "--no-dropbits",
+                              "--data", "example", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    reason = "cannot export module act (GELU): not supported by srq's ONNX export"
+    assert json.loads((out / "metrics.json").read_text())["undeployable"] == reason
+    res = runner.invoke(app, ["export", str(out), "--arch", spec, "--batches", "1"])
+    assert one_line_error(res) == reason
+    assert not (out / "model.onnx").exists() and not list(out.glob("*.tmp*"))
 
 
 @pytest.mark.parametrize("spec,expected", [
