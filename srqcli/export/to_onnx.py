@@ -575,7 +575,7 @@ class _Builder:
         oh, ow = (size, size) if isinstance(size, int) else size
         oh, ow = oh or h, ow or w
         if (oh, ow) == (1, 1):
-            return self.op("GlobalAveragePool", [x], base)
+            return self.spatial_mean(x, base, h * w, keepdims=True)
         if (oh, ow) == (h, w):
             return self.op("Identity", [x], base)
         if h % oh or w % ow:
@@ -583,6 +583,34 @@ class _Builder:
                            "fixed-window pooling and cannot be exported; change the input size")
         kk = [h // oh, w // ow]
         return self.op("AveragePool", [x], base, kernel_shape=kk, strides=kk)
+
+    def spatial_mean(self, x: str, base: str, count: int, *, keepdims: bool) -> str:
+        """The mean over H×W of an NCHW tensor with ``count = H·W``: a pairwise sum in an order
+        the file fixes, then one multiply by ``f32(1/count)``.
+
+        onnxruntime's ``GlobalAveragePool`` and ``ReduceMean`` sum in an order that depends on the
+        CPU's vector width, so the mean's last bit (and, through the next quantizer, now and then
+        a code) differs between machines. Here every level splits the values in two halves and
+        adds them elementwise (an odd one out is carried to the next level): each output is a
+        fixed tree of IEEE additions, the same bits on every CPU and in the deploy model.
+        """
+        flat = self.op("Reshape", [x, self.const(np.array([0, 0, count], dtype=np.int64), "shape")], f"{base}.flat")
+        n, level = count, 0
+        while n > 1:
+            half = n // 2
+            sizes = [half, half] + [1] * (n % 2)
+            parts = [self.fresh(f"{base}.sum{level}.part{i}") for i in range(len(sizes))]
+            name = self.fresh(f"{base}.sum{level}/Split") if self.layout == "qdq" else None
+            self.nodes.append(helper.make_node("Split", [flat, self.const(np.array(sizes, dtype=np.int64), "split")],
+                                               parts, name=name, axis=2))
+            flat = self.op("Add", parts[:2], f"{base}.sum{level}")
+            if n % 2:
+                flat = self.op("Concat", [flat, parts[2]], f"{base}.sum{level}.odd", axis=2)
+            n, level = half + n % 2, level + 1
+        total = self.op("Mul", [flat, self.const(np.array(1.0 / count, dtype=np.float32), "inv_count")],
+                        f"{base}.mean")
+        shape = [0, 0, 1, 1] if keepdims else [0, 0]
+        return self.op("Reshape", [total, self.const(np.array(shape, dtype=np.int64), "shape")], base)
 
     def clip(self, x: str, lo: float, hi: float, base: str) -> str:
         return self.op("Clip", [x, self.const(np.array(lo, dtype=np.float32), "clip_lo"),
@@ -666,6 +694,9 @@ class _Builder:
                 keep = bool(node_arg(node, 2, "keepdim", False))
                 dims = [dims] if isinstance(dims, int) else list(dims)
                 x = self.value(node.args[0])
+                src = self.traced.shape(node.args[0])  # type: ignore[arg-type]
+                if src is not None and len(src) == 4 and sorted(d % 4 for d in dims) == [2, 3]:
+                    return self.spatial_mean(x, base, src[2] * src[3], keepdims=keep)
                 if self.opset >= 18:
                     return self.op("ReduceMean", [x, self.const(np.array(dims, dtype=np.int64), "axes")],
                                    base, keepdims=int(keep))

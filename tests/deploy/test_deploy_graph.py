@@ -27,7 +27,9 @@ def _resnet20(output_bits: int) -> torch.nn.Module:
 @pytest.mark.parametrize("output_bits,fused", [(8, 22), (0, 10)])
 def test_fused_layers_are_the_integer_kernels_onnxruntime_runs(output_bits, fused, tmp_path):
     """ResNet-20: 21 convs + fc; with output quantizers every layer is an integer kernel, without
-    them the 9 residual-branch convs, the 2 shortcuts and the stem stay float."""
+    them the 9 residual-branch convs, the 2 shortcuts and the stem stay float. With them nothing
+    is inexact (the global average pool is a pairwise sum the file fixes) and onnxruntime's
+    logits equal the deploy model's bit for bit."""
     model = _resnet20(output_bits)
     proto, *_ = onnx_proto(model, (2, 3, 16, 16))
     deploy = DeployModel(proto)
@@ -41,7 +43,7 @@ def test_fused_layers_are_the_integer_kernels_onnxruntime_runs(output_bits, fuse
         want = deploy(x).numpy()
     assert np.abs(out - want).max() <= 1e-3 * np.abs(want).max()
     if output_bits:
-        assert set(deploy.plan.inexact.values()) == {"GlobalAveragePool"}
+        assert deploy.plan.exact
         assert np.array_equal(out, want)
 
 
@@ -66,3 +68,35 @@ def test_unknown_op_is_a_one_line_error():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
     with pytest.raises(SrqError, match="cannot run ONNX op Gelu \\(act\\)"):
         DeployModel(model)
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (2, 3), (7, 7), (8, 8), (5, 13)])
+def test_the_spatial_mean_is_one_fixed_sum_onnxruntime_reproduces(hw, tmp_path):
+    """Adaptive average pooling to 1×1 and ``mean((2, 3))`` are written as a pairwise sum in an
+    order the file fixes (no GlobalAveragePool/ReduceMean, whose order depends on the CPU):
+    onnxruntime and the deploy model give the same bits on awkward sizes, even and odd."""
+
+    class Pool(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 1)
+            self.fc = torch.nn.Linear(16, 4)
+
+        def forward(self, x):
+            x = self.conv(x)
+            pooled = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1)
+            return self.fc(torch.cat((pooled, x.mean((2, 3))), 1))
+
+    torch.manual_seed(0)
+    model = quantize_untrained(Pool(), (8, 3, *hw), weight_bits=4, act_bits=4, output_bits=8)
+    proto, *_ = onnx_proto(model, (2, 3, *hw))
+    assert not {"GlobalAveragePool", "ReduceMean"} & {n.op_type for n in proto.graph.node}
+    deploy = DeployModel(proto)
+    assert deploy.plan.exact
+    path = tmp_path / "m.onnx"
+    onnx.save(proto, path)
+    x = torch.randn(32, 3, *hw, generator=torch.Generator().manual_seed(1)) * 100
+    with torch.no_grad():
+        want, fake = deploy(x).numpy(), model(x).numpy()
+    assert np.array_equal(run_onnx(ort_session(path, "default"), x.numpy()), want)
+    assert np.abs(fake - want).max() <= 1e-3 * np.abs(fake).max()  # the trained model's mean, to float rounding
