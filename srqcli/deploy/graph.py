@@ -12,7 +12,9 @@ onnxruntime's CPU provider computes at its default optimisation level:
   ``Mul``, ``Relu``, ``MaxPool`` and the shape ops are single IEEE float32 or integer
   operations, identical in both;
 * ops with a reduction or a transcendental function (a float ``Conv`` onnxruntime does not
-  fuse, average pooling, ``Sigmoid``) run in float32 in PyTorch; onnxruntime may sum in
+  fuse, windowed average pooling, ``Sigmoid``) run in float32 in PyTorch (srq's exporter writes
+  a global mean as a fixed tree of ``Add``\ s instead, see
+  :meth:`srqcli.export.to_onnx._Builder.spatial_mean`); onnxruntime may sum in
   another order or approximate the function, so their results can differ in the last bit, and
   where such a value meets a rounding tie the next code can differ. :func:`exactness` names
   them, and verification reports how many output codes differ.
