@@ -13,7 +13,7 @@ onnxruntime's CPU provider computes at its default optimisation level:
   operations, identical in both;
 * ops with a reduction or a transcendental function (a float ``Conv`` onnxruntime does not
   fuse, windowed average pooling, ``Sigmoid``) run in float32 in PyTorch (srq's exporter writes
-  a global mean as a fixed tree of ``Add``\ s instead, see
+  a global mean as a fixed tree of ``Add`` nodes instead, see
   :meth:`srqcli.export.to_onnx._Builder.spatial_mean`); onnxruntime may sum in
   another order or approximate the function, so their results can differ in the last bit, and
   where such a value meets a rounding tie the next code can differ. :func:`exactness` names
