@@ -15,8 +15,10 @@ folded bias is ``β + (b − μ)·γ/σ`` with a BatchNorm and ``b`` without, so
 layer's bias divided by ``γ/σ``. Exporting the snapped model again finds every bias already on
 its grid: onnxruntime's rounding becomes a no-op, and a second snap changes nothing.
 
-onnxruntime 1.32 leaves the bias of an unfused ``DQ → Conv`` (a conv whose output is read in
-float) unrounded (measured), like the deploy model, so only fused layers are snapped.
+Only fused layers are snapped: onnxruntime 1.32 left the float bias of an unfused
+``DQ(uint8) → Conv(DQ(int8))`` (a conv whose output is read in float, ``--output-bits 0``)
+unrounded at every optimisation level on a one-conv graph, and the deploy model runs it in
+float too.
 """
 
 from __future__ import annotations
