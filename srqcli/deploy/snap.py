@@ -97,26 +97,24 @@ def snap_biases(model: nn.Module, shape: tuple[int, ...]) -> BiasSnap | None:
     if first is None:
         return None
     modules = dict(model.named_modules())
-    current, skipped = first, []
+    current, targets = first, {}
     for _ in range(MAX_ROUNDS):
-        skipped = [name for name, fl in current.frozen.layers.items()
-                   if (grid := current.grid(name)) is not None
-                   and not _move(fl, modules, grid.value - fl.folded_bias)]
+        targets = {name: _move(fl, modules, grid.value - fl.folded_bias)
+                   for name, fl in current.frozen.layers.items() if (grid := current.grid(name)) is not None}
         after = _export(model, shape)
         assert after is not None  # moving biases cannot make a model unexportable
         done = _same_grids(current, after)
         current = after
         if done:
             break
-    snap = BiasSnap(skipped=skipped)
-    for name, fl in first.frozen.layers.items():
+    snap = BiasSnap(skipped=[name for name, target in targets.items() if target is None])
+    for name, target in targets.items():
         grid = current.grid(name)
-        if grid is None or name in skipped:
+        if target is None or grid is None:
             continue
-        moved = (current.frozen.layers[name].folded_bias - fl.folded_bias).abs()
+        moved = (current.frozen.layers[name].folded_bias - first.frozen.layers[name].folded_bias).abs()
         steps = float((moved / grid.output_step.double()).max()) if grid.output_step is not None else None
-        snap.layers.append(LayerSnap(name, f"{fl.bn}.bias" if fl.bn and modules[fl.bn].bias is not None
-                                     else f"{name}.bias", float(moved.max()), steps))
+        snap.layers.append(LayerSnap(name, target, float(moved.max()), steps))
     return snap
 
 
@@ -142,17 +140,17 @@ def _same_grids(a: _Export, b: _Export) -> bool:
 
 
 @torch.no_grad()
-def _move(fl: FrozenLayer, modules: dict[str, nn.Module], delta: torch.Tensor) -> bool:
+def _move(fl: FrozenLayer, modules: dict[str, nn.Module], delta: torch.Tensor) -> str | None:
     """Add ``delta`` (float64, per channel) to the folded bias of ``fl`` through the model's
-    parameters; ``False`` when it has none to move."""
+    parameters; the name of the parameter moved, ``None`` when there is none."""
     bn = modules[fl.bn] if fl.bn else None
     if bn is not None and bn.bias is not None:
         bn.bias.copy_((bn.bias.double() + delta.to(bn.bias.device)).to(bn.bias.dtype))
-        return True
+        return f"{fl.bn}.bias"
     layer = modules[fl.name]
     if layer.bias is None:
-        return False
+        return None
     coefficient = bn_affine(bn)[0].cpu() if bn is not None else torch.ones_like(delta)
     moved = layer.bias.double() + (delta / coefficient).to(layer.bias.device)
     layer.bias.copy_(moved.to(layer.bias.dtype))
-    return True
+    return f"{fl.name}.bias"
