@@ -78,8 +78,11 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
 def trained_run(args, ckpt, bits: int, console: Console):
     """The cached ``srq quantize`` run of W``bits``A``bits`` (trained now if absent)."""
     out = srq_run_dir(args, bits, args.variant, args.seed)
+    out = out.with_name(f"{out.name}_snap") if args.snap_biases else out
     if not (out / "model.safetensors").is_file() or not (out / "metrics.json").is_file():
-        run_quantize(srq_recipe(args, ckpt, bits, args.variant, args.seed), out, overwrite=True, console=console)
+        recipe = srq_recipe(args, ckpt, bits, args.variant, args.seed)
+        recipe.quant.snap_biases = args.snap_biases
+        run_quantize(recipe, out, overwrite=True, console=console)
     return out
 
 
@@ -126,6 +129,7 @@ def measure(args, ckpt, bits: int, console: Console) -> dict:
     row["fake_quant_vs_ort"] = agreement(fake, ort)
     # what srq quantize itself reported for the same run (its own val loader): a cross-check
     row["srq_quantize_reported"] = {"top1": metrics["quantized"]["top1"],
+                                    "before_bias_snap": metrics.get("before_bias_snap"),
                                     "deployed_top1": (metrics.get("deployed") or {}).get("top1"),
                                     "float_start_top1": metrics["float"]["top1"],
                                     "epoch_seconds": [h["seconds"] for h in metrics["history"]],
@@ -148,6 +152,8 @@ def main() -> None:
     p.add_argument("--train-limit", type=int, default=10000, help="fine-tune on a fixed subset")
     p.add_argument("--bits", type=int, nargs="+", default=[4, 3])
     p.add_argument("--output-bits", type=int, default=8, help="srq quantize --output-bits (its default)")
+    p.add_argument("--no-snap-biases", dest="snap_biases", action="store_false",
+                   help="srq quantize --no-snap-biases (default: snap, as srq quantize does)")
     p.add_argument("--variant", default="lsb", help="DropBits variant (srq quantize's default)")
     p.add_argument("--drop-rate", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)

@@ -70,6 +70,9 @@ class QuantConfig:
     # quantize float-read layer outputs too (srqcli/nn/output_quant.py), so every conv of the
     # exported file is an integer kernel (fast and bit-exact); 0: leave them float
     output_bits: int = 8
+    # after training, move the BN-folded biases onto onnxruntime's int32 grid, so the trained
+    # model computes what the exported file computes (srqcli/deploy/snap.py)
+    snap_biases: bool = True
     first_last_bits: int | None = None  # None: first/last layers use weight_bits/act_bits
     skip: list[str] = field(default_factory=list)  # fnmatch patterns of layers left float
     per_channel: bool = False

@@ -67,6 +67,20 @@ class FusedLayer:
 
 
 @dataclass
+class BiasGrid:
+    """The bias a fused layer really adds: ``codes·step`` per output channel."""
+
+    codes: Tensor  # int32 bias codes, float64 carrier
+    step: Tensor  # float32 accumulator step f32(x_scale·w_scale_c), per channel
+    output_step: Tensor | None  # float32 step of the layer's output codes (y_scale)
+
+    @property
+    def value(self) -> Tensor:
+        """``codes·step`` in float64 (exact for codes below 2^29 in magnitude: a 24-bit float32 step times the code)."""
+        return self.codes * self.step.double()
+
+
+@dataclass
 class DeployPlan:
     """What the compiled graph does: which layers are integer kernels and which ops are not
     computed bit-identically (with the reason)."""
@@ -94,6 +108,7 @@ class DeployModel(nn.Module):
             self._const(t.name, numpy_helper.to_array(t), t.data_type)
         self.steps: list[Callable[[dict[str, Tensor]], None]] = []
         self.plan = DeployPlan()
+        self.fused_layers: list[FusedLayer] = []
         self._compile(graph)
 
     # -- constants -------------------------------------------------------------------------
@@ -126,6 +141,7 @@ class DeployModel(nn.Module):
                 f = self._fusion(n, producer, consumers, outputs)
                 if f is not None:
                     fused[id(n)] = f
+                    self.fused_layers.append(f)
                     if f.y_scale is not None:
                         absorbed.add(id(consumers[n.output[0]][0]))
         for n in graph.node:
@@ -183,6 +199,18 @@ class DeployModel(nn.Module):
         b = self.const(n.input[2])
         step = self.const(x_dq.input[1]).float() * self.const(w_dq.input[1]).float()
         return torch.round(b.float() / step).double()
+
+    def bias_grids(self) -> dict[str, BiasGrid]:
+        """The int32 bias of every fused layer that has one, by the name of the float bias
+        initializer onnxruntime rounds: what the file really adds (:mod:`srqcli.deploy.snap`)."""
+        grids = {}
+        for f in self.fused_layers:
+            if f.bias is None or len(f.node.input) < 3:
+                continue
+            step = self.const(f.x_scale).float() * self.const(f.w_scale).float()
+            grids[f.node.input[2]] = BiasGrid(f.bias, step.expand(f.bias.shape).clone(),
+                                              self.const(f.y_scale).float() if f.y_scale else None)
+        return grids
 
     def _fused_step(self, f: FusedLayer) -> Callable[[dict[str, Tensor]], None]:
         conv = _conv_geometry(f.node, _attrs(f.node)) if f.node.op_type == "Conv" else None

@@ -67,6 +67,7 @@ class FrozenLayer:
     scale: Tensor = field(default_factory=lambda: torch.empty(0))  # float32 (C_out,)
     deploy_codes: Tensor = field(default_factory=lambda: torch.empty(0))  # int16, flipped channels
     deploy_bias: Tensor | None = None  # float32 (C_out,), None when no bias and no BN
+    folded_bias: Tensor | None = None  # the same in float64, before storage (srqcli.deploy.snap)
     flipped: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.bool))  # (C_out,)
     negative_scale_channels: list[int] = field(default_factory=list)  # the int8 −128 edge case
     # layer geometry
@@ -175,6 +176,7 @@ def freeze_layer(name: str, layer: QuantConv2d | QuantLinear, bn: tuple[str, nn.
         flipped[c] = True
     frozen.scale = scale.float()
     frozen.deploy_codes = deploy
+    frozen.folded_bias = bias
     frozen.deploy_bias = bias.float() if bias is not None else None
     frozen.flipped = flipped
     frozen.negative_scale_channels = negative

@@ -213,6 +213,7 @@ class OnnxStats:
     requantized: list[str] = field(default_factory=list)  # float outputs given an int8 Q/DQ
     quantized_outputs: list[str] = field(default_factory=list)  # layers with an output quantizer
     weight_types: dict[str, str] = field(default_factory=dict)
+    bias_inputs: dict[str, str] = field(default_factory=dict)  # layer → its bias initializer
 
 
 class _Builder:
@@ -382,7 +383,9 @@ class _Builder:
         if fl.deploy_bias is None:
             return None
         b = fl.deploy_bias.numpy().astype(np.float32)
-        return self.init(f"{fl.name}.bias", b.reshape(-1, 1, 1) if spatial else b)
+        name = self.init(f"{fl.name}.bias", b.reshape(-1, 1, 1) if spatial else b)
+        self.stats.bias_inputs[fl.name] = name
+        return name
 
     # -- layers ------------------------------------------------------------------------------
     def output_quantized(self, node: fx.Node) -> bool:

@@ -491,6 +491,25 @@ def _shown(value: Any) -> str:
 
 
 
+def snap_and_evaluate(job: Job, model: nn.Module, plan: list[LayerBits], metrics: EvalMetrics
+                      ) -> tuple[dict[str, Any] | None, EvalMetrics]:
+    """Snap the trained model's biases onto its export's int32 grid (:mod:`srqcli.deploy.snap`)
+    and evaluate it again; returns what was done with the accuracy before (``metrics``, for
+    metrics.json), or ``None`` and ``metrics`` unchanged for a model srq cannot export.
+
+    Every process snaps its own copy: the parameters are identical, and so is the snap.
+    """
+    from srqcli.deploy.snap import snap_biases  # onnx: imported when needed
+    from srqcli.export.workflow import input_shape
+
+    snap = snap_biases(model, input_shape(job.info(plan)))
+    if snap is None:
+        return None, metrics
+    job.console.print(f"[dim]{snap.describe()}[/]", highlight=False)
+    after = evaluate(model, job.val_loader, job.device, amp=job.amp, reporter=job.reporter, label="srq eval")
+    return {**metrics.to_dict(), "snap": snap.to_dict()}, after
+
+
 def _run(recipe: Recipe, out: Path, resume: bool, trust_pickle: bool, console: Console,
          show_progress: bool) -> QuantizeResult:
     state = None
@@ -551,12 +570,16 @@ def _run(recipe: Recipe, out: Path, resume: bool, trust_pickle: bool, console: C
                 console.print(f"[dim]BatchNorm statistics re-estimated on {used} batches {why}[/]")
         quant_metrics = evaluate(model, job.val_loader, job.device, amp=job.amp,
                                  reporter=reporter, label="srq eval")
+        before_snap = None
+        if recipe.quant.snap_biases:
+            before_snap, quant_metrics = snap_and_evaluate(job, model, plan, quant_metrics)
         deployed, undeployable = evaluate_deployed(model, job.info(plan), job.val_loader, reporter)
     sizes = model_totals(model)
     metrics = {
         "srq_version": __version__,
         "float": float_metrics.to_dict(),
         "quantized": quant_metrics.to_dict(),
+        "before_bias_snap": before_snap,
         "deployed": deployed.to_dict() if deployed else None,
         "undeployable": undeployable,
         "history": [asdict(h) for h in history],
