@@ -144,6 +144,9 @@ def recipe_for(cfg: dict[str, Any], cell: Cell) -> Recipe:
     # The published protocols quantize layer inputs only: keep that unless a config asks for
     # output quantizers (srq quantize's default since the deploy model, 8 bits).
     quant.setdefault("output_bits", 0)
+    # ... and report the trained model's own accuracy: no snap of its biases onto the int32 grid
+    # of an exported file (srq quantize's default since the bias snap).
+    quant.setdefault("snap_biases", False)
     if cell.bits is not None:
         quant["weight_bits"] = quant["act_bits"] = cell.bits
     if cell.method not in ("float", "srq"):
