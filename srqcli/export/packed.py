@@ -43,12 +43,8 @@ from torch import Tensor, nn
 
 from srqcli import __version__
 from srqcli.errors import SrqError, short_reason
-from srqcli.export.encodings import (
-    act_encoding,
-    bn_affine,
-    output_encoding,
-    weight_codes,
-)
+from srqcli.export.bn_fold import fold_batchnorm
+from srqcli.export.encodings import act_encoding, channel_steps, output_encoding, weight_codes
 from srqcli.export.packing import pack_bits, packed_nbytes, unpack_bits
 from srqcli.io.atomic import save_safetensors_atomic
 from srqcli.io.quantized import QUANTIZED, ModelInfo
@@ -87,28 +83,26 @@ def save_packed(path: str | os.PathLike, model: nn.Module, info: ModelInfo,
     layers: dict[str, dict] = {}
     packed_bytes = 0
     for name, layer in quant_layers(model):
-        codes, alpha, grid = weight_codes(layer)
-        act = act_encoding(layer)
+        codes, weight = weight_codes(layer)
+        grid, act = weight.grid, act_encoding(layer)
         raw = pack_bits((codes.to(torch.int64) - grid.kmin).numpy(), grid.bits)
         tensors[f"{name}.weight.packed"] = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.zeros(0, dtype=torch.uint8)
         packed_bytes += len(raw)
-        tensors[f"{name}.weight.step"] = alpha.float().clone()
-        tensors[f"{name}.input.step"] = torch.tensor(act.step, dtype=torch.float32)
+        tensors[f"{name}.weight.step"] = weight.step
+        tensors[f"{name}.input.step"] = act.step
         bn = bn_folds.get(name)
         if bn:
-            g, h = bn_affine(modules[bn])
-            scale = (alpha.double().expand(codes.shape[0]) if alpha.dim() == 0 else alpha.double()) * g
-            bias = h + (layer.bias.detach().double() * g if layer.bias is not None else 0.0)
+            scale, bias = fold_batchnorm(channel_steps(weight, codes.shape[0]), layer.bias, modules[bn])
             tensors[f"{name}.deploy.scale"] = scale.float()
             tensors[f"{name}.deploy.bias"] = bias.float()
         layers[name] = {
             "type": type(layer).__bases__[0].__name__, "shape": list(codes.shape), "bits": grid.bits,
-            "signed": grid.signed, "granularity": "per-channel" if alpha.numel() > 1 else "per-tensor",
+            "signed": grid.signed, "granularity": "per-channel" if weight.per_channel else "per-tensor",
             "packing": PACKING, "act_bits": act.bits, "act_signed": act.signed, "bn": bn,
         }
         out = output_encoding(layer)
         if out is not None:
-            tensors[f"{name}.output.step"] = torch.tensor(out.step, dtype=torch.float32)
+            tensors[f"{name}.output.step"] = out.step
             layers[name].update(output_bits=out.bits, output_signed=out.signed)
         for key in list(state):
             if key == f"{name}.weight" or key.startswith(tuple(f"{name}.{q}." for q in _QUANTIZERS)):

@@ -137,10 +137,10 @@ def bit_allocation(frozen: FrozenModel) -> dict[str, Any]:
     for fl in frozen.layers.values():
         layers.append({
             "name": fl.name, "type": "Conv2d" if fl.kind == "conv" else "Linear",
-            "shape": list(fl.codes.shape), "params": fl.params, "weight_bits": fl.weight_bits,
-            "granularity": "per-channel" if fl.per_channel else "per-tensor",
-            "act_bits": fl.act.bits, "act_signed": fl.act.signed, "act_step": fl.act.step,
-            "bn_folded": fl.bn, "packed_bytes": packed_nbytes(fl.params, fl.weight_bits),
+            "shape": list(fl.codes.shape), "params": fl.params, "weight_bits": fl.weight.bits,
+            "granularity": "per-channel" if fl.weight.per_channel else "per-tensor",
+            "act_bits": fl.input.bits, "act_signed": fl.input.signed, "act_step": fl.input.scalar,
+            "bn_folded": fl.bn, "packed_bytes": packed_nbytes(fl.params, fl.weight.bits),
         })
     params = sum(entry["params"] for entry in layers)
     bits = sum(entry["params"] * entry["weight_bits"] for entry in layers)

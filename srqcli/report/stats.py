@@ -100,13 +100,13 @@ def layer_stats(model: nn.Module) -> list[LayerStats]:
             continue
         w, a = m.weight_quant.encoding(), m.input_quant.encoding()
         o = q.encoding() if (q := output_quantizer(m)) is not None else None
-        cluster, clipped = grid_proximity(m.weight, w.step, w.grid)
+        cluster, clipped = grid_proximity(m.weight, w.broadcast_step(m.weight.dim()), w.grid)
         rows.append(LayerStats(name, _layer_type(m), tuple(m.weight.shape),
                                m.weight.numel(), w.bits, a.bits, a.signed,
-                               [float(s) for s in w.step.flatten()], float(a.step),
+                               w.step.reshape(-1).tolist(), a.scalar,
                                weight_signed=w.signed, groups=getattr(m, "groups", 1),
                                cluster_fraction=cluster, clipped_fraction=clipped,
-                               output_bits=o.bits if o else None, output_step=float(o.step) if o else None))
+                               output_bits=o.bits if o else None, output_step=o.scalar if o else None))
     return rows
 
 
