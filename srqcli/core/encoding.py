@@ -14,6 +14,7 @@ same double, so :meth:`Encoding.to_dict` → :meth:`Encoding.from_dict` is bit-e
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,3 +99,32 @@ class Encoding:
             raise ValueError("encoding step must be a positive number (per tensor) or a list of "
                              "them with an axis (per channel)")
         return cls(bits, signed, torch.tensor(step, dtype=torch.float32), axis)
+
+
+#: The quantizers of one layer, by role: its weight, its input and (``--output-bits``) its output.
+ROLES = ("weight", "input", "output")
+
+
+def roles_to_dict(roles: Mapping[str, Encoding]) -> dict[str, dict[str, Any]]:
+    """One layer's ``{role: record}`` as JSON-ready data."""
+    return {role: enc.to_dict() for role, enc in roles.items()}
+
+
+def layers_to_dict(layers: Mapping[str, Mapping[str, Encoding]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{layer: {role: record}}`` as JSON-ready data (layers and roles in their given order)."""
+    return {name: roles_to_dict(roles) for name, roles in layers.items()}
+
+
+def layers_from_dict(data: Any) -> dict[str, dict[str, Encoding]]:
+    """Inverse of :func:`layers_to_dict`; ``ValueError`` naming the bad layer otherwise."""
+    if not isinstance(data, dict):
+        raise ValueError("the encodings must be an object of layers")
+    layers = {}
+    for name, roles in data.items():
+        if not isinstance(roles, dict) or not {"weight", "input"} <= set(roles) <= set(ROLES):
+            raise ValueError(f"layer {name}: expected the records {', '.join(ROLES)} (output optional)")
+        try:
+            layers[name] = {role: Encoding.from_dict(roles[role]) for role in ROLES if role in roles}
+        except ValueError as exc:
+            raise ValueError(f"layer {name}: {exc}") from None
+    return layers
