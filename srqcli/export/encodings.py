@@ -68,12 +68,6 @@ class FrozenLayer:
         return torch.where(self.flipped, -self.scale, self.scale)
 
     @property
-    def encodings(self) -> dict[str, Encoding]:
-        """``{role: record}`` of the layer's quantizers (:data:`srqcli.core.encoding.ROLES`)."""
-        records = {"weight": self.weight, "input": self.input}
-        return records if self.output is None else {**records, "output": self.output}
-
-    @property
     def out_channels(self) -> int:
         return int(self.codes.shape[0])
 

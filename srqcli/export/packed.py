@@ -148,8 +148,8 @@ def _info(meta: dict[str, str], path: Path) -> ModelInfo:
 
 def _v1_encodings(layers: dict, tensors: dict[str, Tensor]) -> dict[str, dict[str, Encoding]]:
     """The quantizer records of a version-1 file: steps in tensors, bits in ``layers``."""
-    def record(bits: object, signed: object, step: Tensor) -> Encoding:
-        return Encoding(int(bits), bool(signed), step, 0 if step.dim() else None)  # type: ignore[call-overload]
+    def record(bits: int, signed: bool, step: Tensor) -> Encoding:
+        return Encoding(int(bits), bool(signed), step, 0 if step.dim() else None)
 
     found = {}
     for name, spec in layers.items():
@@ -235,7 +235,8 @@ def _layer_state(name: str, spec: dict, layer: nn.Module, tensors: dict[str, Ten
     out = records.get("output")
     if (oq is None) != (out is None):
         raise ValueError(f"layer {name}: the stored output quantizer does not match the bit plan")
-    quantizers = [("weight_quant", layer.weight_quant, weight), ("input_quant", layer.input_quant, records["input"])]
+    quantizers = [("weight_quant", layer.weight_quant, weight),
+                  ("input_quant", layer.input_quant, records["input"])]
     if oq is not None and out is not None:
         quantizers.append(("output_quant", oq, out))
     state = {}

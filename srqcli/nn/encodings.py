@@ -24,4 +24,5 @@ def layer_encodings(layer: QuantConv2d | QuantLinear) -> dict[str, Encoding]:
 
 def model_encodings(model: nn.Module) -> dict[str, dict[str, Encoding]]:
     """``{layer: {role: record}}`` of every quantized layer, in module order."""
-    return {name: layer_encodings(m) for name, m in model.named_modules() if is_quant_layer(m)}  # type: ignore[arg-type]
+    return {name: layer_encodings(m)  # type: ignore[arg-type]
+            for name, m in model.named_modules() if is_quant_layer(m)}

@@ -20,7 +20,7 @@ def _awkward_steps(n: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("axis", [None, 0, 1])
 def test_json_round_trip_is_bit_exact(axis):
-    step = _awkward_steps(1 if axis is None else 7).reshape(() if axis is None else -1)
+    step = _awkward_steps(1 if axis is None else 20000).reshape(() if axis is None else -1)
     enc = Encoding(3, axis is not None, step, axis)
     back = Encoding.from_dict(json.loads(json.dumps(enc.to_dict())))
     assert back == enc
@@ -65,3 +65,9 @@ def test_scalar_refuses_several_steps():
 def test_from_dict_refuses_malformed_records(data):
     with pytest.raises(ValueError):
         Encoding.from_dict(data)
+
+
+def test_json_steps_are_short():
+    """Each step as its shortest float32 decimal, not the 17 digits of its double."""
+    enc = Encoding(4, True, torch.tensor([0.1, 0.0502], dtype=torch.float32), axis=0)
+    assert json.dumps(enc.to_dict()["step"]) == "[0.1, 0.0502]"
