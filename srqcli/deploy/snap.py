@@ -30,7 +30,8 @@ from torch import nn
 
 from srqcli.errors import SrqError
 from srqcli.deploy.graph import BiasGrid
-from srqcli.export.encodings import FrozenLayer, FrozenModel, bn_affine
+from srqcli.export.bn_fold import bn_affine
+from srqcli.export.encodings import FrozenLayer, FrozenModel
 
 
 @dataclass

@@ -9,7 +9,7 @@ For every quantized layer this gives two views of the same numbers:
   the folded BN);
 * the **deploy** view, with the BatchNorm that directly follows the layer folded in *exactly*:
   the codes are unchanged and the BN becomes a per-output-channel dequantization scale and a
-  bias,
+  bias (:func:`srqcli.export.bn_fold.fold_batchnorm`),
 
   ``scale_c = α_c·γ_c/sqrt(var_c+eps)``,  ``bias_c = β_c + (b_c − μ_c)·γ_c/sqrt(var_c+eps)``.
 
@@ -29,25 +29,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from srqcli.core.grid import IntGrid
+from srqcli.core.encoding import Encoding
 from srqcli.core.srq import srq_forward_codes
 from srqcli.errors import SrqError
+from srqcli.export.bn_fold import fold_batchnorm
 from srqcli.nn.layers import QuantConv2d, QuantLinear, is_quant_layer
 from srqcli.nn.output_quant import output_quantizer
 from srqcli.nn.quantizer import Quantizer
-
-
-@dataclass(frozen=True)
-class ActEncoding:
-    """Input-activation quantization of a layer: ``α·clamp(round(x/α), k_min, k_max)``."""
-
-    bits: int
-    signed: bool
-    step: float  # exactly the float32 value PyTorch uses
-
-    @property
-    def grid(self) -> IntGrid:
-        return IntGrid(self.bits, self.signed)
 
 
 @dataclass
@@ -56,13 +44,12 @@ class FrozenLayer:
 
     name: str
     kind: str  # "conv" | "linear"
-    weight_bits: int
-    weight_step: Tensor  # float32, () per tensor or (C_out,) per channel: α as trained
+    weight: Encoding  # α as trained: () per tensor or (C_out,) per channel, axis 0
     codes: Tensor  # int16, shape of the weight: trained codes (unflipped)
     bias: Tensor | None  # the layer's own float bias
-    act: ActEncoding
+    input: Encoding  # the input-activation quantizer (per tensor)
     bn: str | None = None  # name of the folded BatchNorm
-    output: ActEncoding | None = None  # the output quantizer, after the folded BN
+    output: Encoding | None = None  # the output quantizer, after the folded BN
     # deploy view
     scale: Tensor = field(default_factory=lambda: torch.empty(0))  # float32 (C_out,)
     deploy_codes: Tensor = field(default_factory=lambda: torch.empty(0))  # int16, flipped channels
@@ -77,17 +64,9 @@ class FrozenLayer:
     groups: int = 1
 
     @property
-    def weight_grid(self) -> IntGrid:
-        return IntGrid(self.weight_bits, True)
-
-    @property
     def signed_scale(self) -> Tensor:
         """Folded per-channel scale for the *trained* codes (negative where γ < 0)."""
         return torch.where(self.flipped, -self.scale, self.scale)
-
-    @property
-    def per_channel(self) -> bool:
-        return self.weight_step.numel() > 1
 
     @property
     def out_channels(self) -> int:
@@ -98,8 +77,8 @@ class FrozenLayer:
         return int(self.codes.numel())
 
 
-def weight_codes(layer: QuantConv2d | QuantLinear) -> tuple[Tensor, Tensor, IntGrid]:
-    """Integer codes (int16) of a layer's weight, its float32 step (flattened) and grid."""
+def weight_codes(layer: QuantConv2d | QuantLinear) -> tuple[Tensor, Encoding]:
+    """Integer codes (int16) of a layer's weight and the weight quantizer's encoding."""
     if not layer.weight_quant.uniform:
         raise SrqError("cannot export this model: its weights use learned non-uniform levels "
                        "(--method dq), and export needs integer codes on a uniform grid")
@@ -107,48 +86,37 @@ def weight_codes(layer: QuantConv2d | QuantLinear) -> tuple[Tensor, Tensor, IntG
     grid = enc.grid
     if not grid.signed:
         raise SrqError(f"unsigned weight grids are not supported by export ({layer})")
-    alpha = enc.step.float()
     with torch.no_grad():
-        codes = srq_forward_codes(layer.weight.detach().float(), alpha, grid.kmin, grid.kmax)
-    return codes.to(torch.int16), alpha.reshape(-1) if alpha.numel() > 1 else alpha.reshape(()), grid
+        weight = layer.weight.detach().float().cpu()
+        codes = srq_forward_codes(weight, enc.broadcast_step(weight.dim()), grid.kmin, grid.kmax)
+    return codes.to(torch.int16), enc
 
 
-def _encoding(q: Quantizer) -> ActEncoding:
+def _encoding(q: Quantizer) -> Encoding:
     enc = q.encoding()
     if enc.per_channel:
         raise SrqError("per-channel activation steps are not supported by export")
-    return ActEncoding(enc.bits, enc.signed, float(enc.step.float()))
+    return enc
 
 
-def act_encoding(layer: QuantConv2d | QuantLinear) -> ActEncoding:
+def act_encoding(layer: QuantConv2d | QuantLinear) -> Encoding:
     return _encoding(layer.input_quant)
 
 
-def output_encoding(layer: QuantConv2d | QuantLinear) -> ActEncoding | None:
+def output_encoding(layer: QuantConv2d | QuantLinear) -> Encoding | None:
     q = output_quantizer(layer)
     return _encoding(q) if q is not None else None
 
 
-def bn_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
-    """``(g, h)`` in float64 with ``bn(y) = g·y + h`` per channel (eval mode)."""
-    var = bn.running_var.detach().double()
-    mean = bn.running_mean.detach().double()
-    inv = 1.0 / torch.sqrt(var + bn.eps)
-    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
-    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
-    g = gamma * inv
-    return g, beta - mean * g
-
-
 def freeze_layer(name: str, layer: QuantConv2d | QuantLinear, bn: tuple[str, nn.Module] | None = None) -> FrozenLayer:
     """Freeze one quantized layer, folding ``bn`` (``(name, module)``) into it when given."""
-    codes, alpha, grid = weight_codes(layer)
+    codes, weight = weight_codes(layer)
     c_out = codes.shape[0]
     kind = "conv" if isinstance(layer, nn.Conv2d) else "linear"
     frozen = FrozenLayer(
-        name=name, kind=kind, weight_bits=grid.bits, weight_step=alpha, codes=codes,
+        name=name, kind=kind, weight=weight, codes=codes,
         bias=layer.bias.detach().float().clone() if layer.bias is not None else None,
-        act=act_encoding(layer), bn=bn[0] if bn else None, output=output_encoding(layer),
+        input=act_encoding(layer), bn=bn[0] if bn else None, output=output_encoding(layer),
     )
     if kind == "conv":
         if layer.padding_mode != "zeros":
@@ -158,12 +126,11 @@ def freeze_layer(name: str, layer: QuantConv2d | QuantLinear, bn: tuple[str, nn.
             raise SrqError(f"layer {name}: padding={layer.padding!r} cannot be exported; use integer padding")
         frozen.stride, frozen.padding = tuple(layer.stride), tuple(layer.padding)
         frozen.dilation, frozen.groups = tuple(layer.dilation), layer.groups
-    scale = alpha.double().expand(c_out).clone() if alpha.dim() == 0 else alpha.double().clone()
+    scale = channel_steps(weight, c_out)
     bias = frozen.bias.double() if frozen.bias is not None else None
     if bn is not None:
-        g, h = bn_affine(bn[1])
-        scale = scale * g
-        bias = h + (bias * g if bias is not None else 0.0)
+        scale, bias = fold_batchnorm(scale, bias, bn[1])
+    grid = weight.grid
     deploy = codes.clone()
     flipped = torch.zeros(c_out, dtype=torch.bool)
     negative = []
@@ -181,6 +148,12 @@ def freeze_layer(name: str, layer: QuantConv2d | QuantLinear, bn: tuple[str, nn.
     frozen.flipped = flipped
     frozen.negative_scale_channels = negative
     return frozen
+
+
+def channel_steps(weight: Encoding, channels: int) -> Tensor:
+    """The weight step of every output channel, float64 ``(C_out,)``: the unfolded scale."""
+    step = weight.step.double()
+    return step.expand(channels).clone() if step.numel() == 1 else step.clone()
 
 
 @dataclass

@@ -1,14 +1,10 @@
 """Packed safetensors: integer codes at their true width, plus a loader (docs/method.md §7).
 
-Format ``srq.packed``, version 1. Tensors, for every quantized layer ``L``:
+Format ``srq.packed``, version 2. Tensors, for every quantized layer ``L``:
 
 ``L.weight.packed``  uint8, the weight codes bit-packed at the layer's width ``b`` (2–8):
                      offset binary ``u = k − k_min`` (``k_min = −2^(b−1)``), elements in C order
                      of the weight shape, little-endian bit stream (:mod:`srqcli.export.packing`).
-``L.weight.step``    float32 ``α`` (``[]`` per tensor, ``[C_out]`` per channel): ``w = α·k``.
-``L.input.step``     float32 ``[]``: the input quantizer ``α_x·clamp(round(x/α_x), k_min, k_max)``.
-``L.output.step``    float32 ``[]``, only for a layer with an output quantizer (``--output-bits``):
-                     the same rounding on its output, after the BN folded into it.
 ``L.deploy.scale``   float32 ``[C_out]``, only when a BatchNorm directly follows ``L``: the
 ``L.deploy.bias``    BN folded exactly, ``y = conv(x̂, k)·scale_c + bias_c`` with the *stored*
                      codes (``scale_c`` is negative where the BN's ``γ_c`` is).
@@ -18,10 +14,15 @@ layers left float) is stored unchanged in float; the quantizers' trained ``log �
 only shapes training gradients) and BN batch counters are not stored.
 
 Metadata: the keys of an ``srq.quantized`` file (architecture, classes, input size, recipe,
-bit plan, normalisation, metrics: see :mod:`srqcli.io.quantized`) with ``format =
-"srq.packed"``, plus ``packed_format_version`` and ``layers``: JSON ``{L: {type, shape, bits,
-signed, granularity, packing, act_bits, act_signed, bn}}`` (plus ``output_bits`` and
-``output_signed`` for a layer with an output quantizer; its site is in the bit plan).
+bit plan, normalisation, metrics, and ``encodings``: every quantizer's record ``{bits, signed,
+step, axis}`` under ``weight``, ``input`` and, with ``--output-bits``, ``output``, steps exact
+float32 as JSON numbers; see :mod:`srqcli.io.quantized`) with ``format = "srq.packed"``, plus
+``packed_format_version`` and ``layers``: JSON ``{L: {type, shape, packing, bn}}``. So
+``w = step·k`` (per output channel when ``axis`` is 0), and an input is quantized as
+``step·clamp(round(x/step), k_min, k_max)``.
+
+Version 1 files (steps as ``L.weight.step``/``L.input.step``/``L.output.step`` tensors, bits
+and signedness in ``layers``) still load.
 
 The loader rebuilds the srq model (same module classes as a quantize run) with
 ``w = fl32(α·k)`` and ``exp(log α) == α`` bit for bit, so its outputs are *identical* to the
@@ -42,13 +43,10 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from srqcli import __version__
+from srqcli.core.encoding import Encoding
 from srqcli.errors import SrqError, short_reason
-from srqcli.export.encodings import (
-    act_encoding,
-    bn_affine,
-    output_encoding,
-    weight_codes,
-)
+from srqcli.export.bn_fold import fold_batchnorm
+from srqcli.export.encodings import channel_steps, weight_codes
 from srqcli.export.packing import pack_bits, packed_nbytes, unpack_bits
 from srqcli.io.atomic import save_safetensors_atomic
 from srqcli.io.quantized import QUANTIZED, ModelInfo
@@ -58,7 +56,7 @@ from srqcli.nn.output_quant import output_quantizer
 from srqcli.nn.surgery import quant_layers, rebuild_quantized
 
 PACKED = "srq.packed"
-PACKED_VERSION = 1
+PACKED_VERSION = 2
 PACKING = "offset-binary, little-endian bit stream"
 _QUANTIZERS = ("weight_quant", "input_quant", "output_quant")
 
@@ -87,29 +85,18 @@ def save_packed(path: str | os.PathLike, model: nn.Module, info: ModelInfo,
     layers: dict[str, dict] = {}
     packed_bytes = 0
     for name, layer in quant_layers(model):
-        codes, alpha, grid = weight_codes(layer)
-        act = act_encoding(layer)
+        codes, weight = weight_codes(layer)
+        grid = weight.grid
         raw = pack_bits((codes.to(torch.int64) - grid.kmin).numpy(), grid.bits)
         tensors[f"{name}.weight.packed"] = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.zeros(0, dtype=torch.uint8)
         packed_bytes += len(raw)
-        tensors[f"{name}.weight.step"] = alpha.float().clone()
-        tensors[f"{name}.input.step"] = torch.tensor(act.step, dtype=torch.float32)
         bn = bn_folds.get(name)
         if bn:
-            g, h = bn_affine(modules[bn])
-            scale = (alpha.double().expand(codes.shape[0]) if alpha.dim() == 0 else alpha.double()) * g
-            bias = h + (layer.bias.detach().double() * g if layer.bias is not None else 0.0)
+            scale, bias = fold_batchnorm(channel_steps(weight, codes.shape[0]), layer.bias, modules[bn])
             tensors[f"{name}.deploy.scale"] = scale.float()
             tensors[f"{name}.deploy.bias"] = bias.float()
-        layers[name] = {
-            "type": type(layer).__bases__[0].__name__, "shape": list(codes.shape), "bits": grid.bits,
-            "signed": grid.signed, "granularity": "per-channel" if alpha.numel() > 1 else "per-tensor",
-            "packing": PACKING, "act_bits": act.bits, "act_signed": act.signed, "bn": bn,
-        }
-        out = output_encoding(layer)
-        if out is not None:
-            tensors[f"{name}.output.step"] = torch.tensor(out.step, dtype=torch.float32)
-            layers[name].update(output_bits=out.bits, output_signed=out.signed)
+        layers[name] = {"type": type(layer).__bases__[0].__name__, "shape": list(codes.shape),
+                        "packing": PACKING, "bn": bn}
         for key in list(state):
             if key == f"{name}.weight" or key.startswith(tuple(f"{name}.{q}." for q in _QUANTIZERS)):
                 del state[key]
@@ -117,7 +104,7 @@ def save_packed(path: str | os.PathLike, model: nn.Module, info: ModelInfo,
         if key.endswith("num_batches_tracked"):
             continue
         tensors[key] = value.contiguous()
-    meta = info.metadata()
+    meta = info.with_encodings(model).metadata()
     meta.update({"format": PACKED, "packed_format_version": str(PACKED_VERSION),
                  "srq_version": __version__, "layers": json.dumps(layers)})
     save_safetensors_atomic(tensors, path, meta)
@@ -142,11 +129,36 @@ def _exact_log(alpha: Tensor) -> Tensor:
     return l
 
 
+def _version(meta: dict[str, str], path: Path) -> int:
+    try:
+        version = int(meta.get("packed_format_version", "0"))
+    except ValueError as exc:
+        raise SrqError(f"{path} has damaged srq metadata (packed_format_version)") from exc
+    if version > PACKED_VERSION:
+        raise SrqError(f"{path} was written by a newer srq (packed format {version}); upgrade srq")
+    if version < 1:
+        raise SrqError(f"{path} has damaged srq metadata (packed_format_version {version})")
+    return version
+
+
 def _info(meta: dict[str, str], path: Path) -> ModelInfo:
-    if int(meta.get("packed_format_version", "0")) > PACKED_VERSION:
-        raise SrqError(f"{path} was written by a newer srq (packed format "
-                       f"{meta['packed_format_version']}); upgrade srq")
+    _version(meta, path)
     return ModelInfo.from_metadata({**meta, "format": QUANTIZED}, path)
+
+
+def _v1_encodings(layers: dict, tensors: dict[str, Tensor]) -> dict[str, dict[str, Encoding]]:
+    """The quantizer records of a version-1 file: steps in tensors, bits in ``layers``."""
+    def record(bits: int, signed: bool, step: Tensor) -> Encoding:
+        return Encoding(int(bits), bool(signed), step, 0 if step.dim() else None)
+
+    found = {}
+    for name, spec in layers.items():
+        found[name] = {"weight": record(spec["bits"], True, tensors[f"{name}.weight.step"]),
+                       "input": record(spec["act_bits"], spec["act_signed"], tensors[f"{name}.input.step"])}
+        if "output_bits" in spec:
+            found[name]["output"] = record(spec["output_bits"], spec["output_signed"],
+                                           tensors[f"{name}.output.step"])
+    return found
 
 
 def read_packed_info(path: str | os.PathLike) -> ModelInfo:
@@ -169,7 +181,10 @@ def load_packed(path: str | os.PathLike) -> tuple[nn.Module, ModelInfo]:
     try:
         layers = json.loads(meta["layers"])
         tensors = load_file(str(path))
-    except (KeyError, ValueError) as exc:
+        encodings = info.encodings if _version(meta, path) > 1 else _v1_encodings(layers, tensors)
+        if encodings is None:
+            raise KeyError("encodings")
+    except (KeyError, ValueError, TypeError) as exc:
         raise SrqError(f"{path} has damaged srq metadata ({short_reason(exc)})") from exc
     except (SafetensorError, OSError) as exc:
         raise SrqError(f"{path} is not a valid safetensors file: {short_reason(exc)}") from exc
@@ -184,7 +199,9 @@ def load_packed(path: str | os.PathLike) -> tuple[nn.Module, ModelInfo]:
             layer = modules.get(name)
             if layer is None or not is_quant_layer(layer):
                 raise SrqError(f"{path} is damaged: layer {name} does not exist in {info.arch}")
-            state.update(_layer_state(name, spec, layer, tensors))
+            if name not in encodings:
+                raise SrqError(f"{path} is damaged: no encodings for layer {name}")
+            state.update(_layer_state(name, spec, layer, tensors, encodings[name]))
         for key, value in tensors.items():
             if key.endswith((".weight.packed", ".weight.step", ".input.step", ".output.step", ".deploy.scale",
                              ".deploy.bias")):
@@ -201,9 +218,12 @@ def load_packed(path: str | os.PathLike) -> tuple[nn.Module, ModelInfo]:
     return model.eval(), info
 
 
-def _layer_state(name: str, spec: dict, layer: nn.Module, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    bits, shape = int(spec["bits"]), tuple(spec["shape"])
-    if tuple(layer.weight.shape) != shape or bits != layer.weight_quant.bits:
+def _layer_state(name: str, spec: dict, layer: nn.Module, tensors: dict[str, Tensor],
+                 records: dict[str, Encoding]) -> dict[str, Tensor]:
+    """The state of one quantized layer rebuilt from its packed codes and quantizer records."""
+    weight, shape = records["weight"], tuple(spec["shape"])
+    bits = weight.bits
+    if tuple(layer.weight.shape) != shape or bits != layer.weight_quant.bits or not weight.signed:
         raise ValueError(f"layer {name}: stored shape/bits {shape}/{bits} do not match the model")
     count = int(np.prod(shape))
     raw = tensors[f"{name}.weight.packed"].numpy()
@@ -211,22 +231,24 @@ def _layer_state(name: str, spec: dict, layer: nn.Module, tensors: dict[str, Ten
         raise ValueError(f"layer {name}: {raw.size} packed bytes, expected {packed_nbytes(count, bits)}")
     kmin = -(1 << (bits - 1))
     codes = torch.from_numpy(unpack_bits(raw, bits, count) + kmin).reshape(shape).float()
-    wq, iq, oq = layer.weight_quant, layer.input_quant, output_quantizer(layer)
-    if (oq is None) != ("output_bits" not in spec) or (oq is not None and oq.bits != int(spec["output_bits"])):
+    oq = output_quantizer(layer)
+    out = records.get("output")
+    if (oq is None) != (out is None):
         raise ValueError(f"layer {name}: the stored output quantizer does not match the bit plan")
-    steps = [("weight_quant", wq, tensors[f"{name}.weight.step"], True),
-             ("input_quant", iq, tensors[f"{name}.input.step"], bool(spec["act_signed"]))]
-    if oq is not None:
-        steps.append(("output_quant", oq, tensors[f"{name}.output.step"], bool(spec["output_signed"])))
-    steps = [(prefix, q, step.float().reshape(q.log_alpha.shape), signed) for prefix, q, step, signed in steps]
-    if not all(torch.isfinite(step).all() and (step > 0).all() for _, _, step, _ in steps):
-        raise ValueError(f"layer {name}: steps must be positive")
-    alpha = steps[0][2]
-    out = {f"{name}.weight": codes * alpha}
-    for prefix, q, step, signed in steps:
-        log_alpha = _exact_log(step)
-        out[f"{name}.{prefix}.log_alpha"] = log_alpha
-        out[f"{name}.{prefix}.log_sigma"] = (step * q.sigma_init).log()
-        out[f"{name}.{prefix}.initialized"] = torch.tensor(True)
-        out[f"{name}.{prefix}.signed_flag"] = torch.tensor(signed)
-    return out
+    quantizers = [("weight_quant", layer.weight_quant, weight),
+                  ("input_quant", layer.input_quant, records["input"])]
+    if oq is not None and out is not None:
+        quantizers.append(("output_quant", oq, out))
+    state = {}
+    for prefix, q, enc in quantizers:
+        if enc.bits != q.bits:
+            raise ValueError(f"layer {name}: the stored {prefix} has {enc.bits} bits, the bit plan {q.bits}")
+        step = enc.step.reshape(q.log_alpha.shape)
+        if not (torch.isfinite(step).all() and (step > 0).all()):
+            raise ValueError(f"layer {name}: steps must be positive")
+        state[f"{name}.{prefix}.log_alpha"] = _exact_log(step)
+        state[f"{name}.{prefix}.log_sigma"] = (step * q.sigma_init).log()
+        state[f"{name}.{prefix}.initialized"] = torch.tensor(True)
+        state[f"{name}.{prefix}.signed_flag"] = torch.tensor(enc.signed)
+    state[f"{name}.weight"] = codes * weight.step.reshape(layer.weight_quant.log_alpha.shape)
+    return state

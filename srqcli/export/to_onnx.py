@@ -59,7 +59,9 @@ from torch import fx, nn
 
 from srqcli.errors import SrqError
 from srqcli.export.accumulator import CodeScaling, plan_code_scaling
-from srqcli.export.encodings import ActEncoding, FrozenLayer, FrozenModel, bn_affine
+from srqcli.core.encoding import Encoding
+from srqcli.export.bn_fold import bn_affine, fold_batchnorm
+from srqcli.export.encodings import FrozenLayer, FrozenModel
 from srqcli.export.packing import pack_bits
 from srqcli.nn.graph import (
     TRANSPARENT,
@@ -106,16 +108,16 @@ class _Placement:
     """A layer-input quantizer moved onto the output of ``producer``: one layer's, or the one
     quantizer that several layers reading the same value share (:func:`_shared_source`)."""
 
-    encoding: ActEncoding
+    encoding: Encoding
     lo: int
     hi: int
     chain: list[fx.Node]  # transparent nodes between producer and the layer, producer side first
     consumers: list[fx.Node]
 
 
-def _clip_codes(enc: ActEncoding, op: NodeOp, lo: int, hi: int) -> tuple[int, int]:
+def _clip_codes(enc: Encoding, op: NodeOp, lo: int, hi: int) -> tuple[int, int]:
     """Code range after a range-limiting op ``op`` (bounds divided by the step as PyTorch does)."""
-    step = torch.tensor(enc.step, dtype=torch.float32)
+    step = enc.step
     if math.isfinite(op.lo):
         lo = max(lo, int(torch.round(torch.tensor(op.lo, dtype=torch.float32) / step)))
     if math.isfinite(op.hi):
@@ -144,7 +146,7 @@ def _shared_source(layer: fx.Node, traced: TracedModel, frozen: FrozenModel
         if r.op != "call_module" or str(r.target) not in frozen.layers or r.args[:1] != (value,) \
                 or len(r.args) != 1 or r.kwargs:
             return None
-        encodings.add(frozen.layers[str(r.target)].act)
+        encodings.add(frozen.layers[str(r.target)].input)
     if len(encodings) != 1:
         return None
     chain: list[fx.Node] = []
@@ -175,7 +177,7 @@ def plan_placements(traced: TracedModel, frozen: FrozenModel) -> tuple[dict[fx.N
         if found is None or found[0] in placements:
             continue  # read elsewhere too: quantize at the layer's input only
         cur, chain = found
-        enc = frozen.layers[str(node.target)].act
+        enc = frozen.layers[str(node.target)].input
         lo, hi = enc.grid.kmin, enc.grid.kmax
         for c in chain:
             op = classify(c, traced)
@@ -248,7 +250,7 @@ class _Builder:
                 continue
             lo, hi = self.input_code_range(node, fl)
             plans[node] = plan_code_scaling(fl.deploy_codes.numpy(), fl.scale.numpy(), fl.deploy_bias.numpy(),
-                                            fl.act.step, hi, _zero_point(lo))
+                                            fl.input.scalar, hi, _zero_point(lo))
         return plans
 
     # -- naming and constants ----------------------------------------------------------------
@@ -285,7 +287,7 @@ class _Builder:
         return out
 
     # -- quantization ------------------------------------------------------------------------
-    def quantize_act(self, x: str, enc: ActEncoding, lo: int, hi: int, base: str, *,
+    def quantize_act(self, x: str, enc: Encoding, lo: int, hi: int, base: str, *,
                      clip: bool = True, shift: int = 0) -> str:
         """Quantize ``x`` to codes ``lo…hi`` of step ``enc.step``; returns the DQ output.
 
@@ -301,11 +303,11 @@ class _Builder:
         """
         return self.dequantize_codes(self.quantize_codes(x, enc, lo, hi, base, clip=clip), base, shift=shift)
 
-    def quantize_codes(self, x: str, enc: ActEncoding, lo: int, hi: int, base: str, *,
+    def quantize_codes(self, x: str, enc: Encoding, lo: int, hi: int, base: str, *,
                        clip: bool = True) -> tuple[str, np.float32, int]:
         """The ``Q`` (and code ``Clip``) of :meth:`quantize_act`: ``(codes, step, zero point)``."""
         offset = _zero_point(lo)
-        step = np.float32(enc.step)
+        step = np.float32(enc.scalar)
         scale = self.const(np.array(step, dtype=np.float32), "act_scale")
         zp = self.const(np.array(offset, dtype=np.uint8), f"zp_u8_{offset}")
         if self.layout == "packed":
@@ -352,8 +354,8 @@ class _Builder:
             self.stats.weight_types[fl.name] = TensorProto.DataType.Name(TensorProto.FLOAT)
             per_out = scale.reshape(-1, *([1] * (codes.ndim - 1))) if scale.ndim else scale
             return self.init(base, codes.astype(np.float32) * per_out)
-        per_channel = fl.per_channel or fl.bn is not None or len(np.unique(scale)) > 1
-        bits = fl.weight_bits
+        per_channel = fl.weight.per_channel or fl.bn is not None or len(np.unique(scale)) > 1
+        bits = fl.weight.bits
         if packed and bits <= 2 and self.opset >= INT2_OPSET:
             dtype, width = TensorProto.INT2, 2
         elif packed and bits <= 4:
@@ -405,13 +407,13 @@ class _Builder:
 
     def input_code_range(self, node: fx.Node, fl: FrozenLayer) -> tuple[int, int]:
         """The layer's input codes ``lo…hi`` as the graph clips them."""
-        return self.placed_ranges.get(node, (fl.act.grid.kmin, fl.act.grid.kmax))
+        return self.placed_ranges.get(node, (fl.input.grid.kmin, fl.input.grid.kmax))
 
     def quant_layer(self, node: fx.Node, fl: FrozenLayer) -> str:
         x = self.quantized_input.get(node)
         scaling = self.scaling.get(node)
         if x is None:
-            x = self.quantize_act(self.value(node.args[0]), fl.act, fl.act.grid.kmin, fl.act.grid.kmax,
+            x = self.quantize_act(self.value(node.args[0]), fl.input, fl.input.grid.kmin, fl.input.grid.kmax,
                                   f"{fl.name}.input", shift=scaling.act_shift if scaling else 0)
         fused = self.output_quantized(node)
         if fl.output is not None:
@@ -463,9 +465,7 @@ class _Builder:
         b = m.bias.detach().double() if m.bias is not None else None
         bn_name = self.frozen.bn_folds.get(name)
         if bn_name:
-            g, h = bn_affine(self.traced.modules[bn_name])
-            w = w * g.reshape(-1, *([1] * (w.dim() - 1)))
-            b = h + (b * g if b is not None else 0.0)
+            w, b = fold_batchnorm(w, b, self.traced.modules[bn_name])
         inputs = [self.value(node.args[0]), self.init(f"{name}.weight", w.float().numpy())]
         if b is not None:
             inputs.append(self.init(f"{name}.bias", b.float().numpy()))
@@ -818,4 +818,4 @@ def output_step(traced: TracedModel, frozen: FrozenModel) -> float | None:
     """Resolution of the model output, ``α_x·max_c scale_c`` of :func:`output_layer` (the
     accumulator step of the last layer), or ``None``."""
     fl = output_layer(traced, frozen)
-    return float(np.float32(fl.act.step) * fl.scale.abs().max().item()) if fl is not None else None
+    return float(np.float32(fl.input.scalar) * fl.scale.abs().max().item()) if fl is not None else None

@@ -9,10 +9,15 @@ trained on ImageFolder data, absent from files written before srq recorded it).
 Format (``format = "srq.quantized"`` or ``"srq.float"``, ``format_version = 1``): tensor names
 are the model's ``state_dict`` keys; the quantizers add ``<layer>.weight_quant.log_alpha``,
 ``log_sigma``, ``initialized``, ``signed_flag`` (and the same under ``input_quant``).
+A quantized file's metadata also holds ``encodings``, the frozen record of every quantizer
+(``{layer: {weight, input[, output]: {bits, signed, step, axis}}}``,
+:mod:`srqcli.core.encoding`), so bits and steps can be read without rebuilding the training
+quantizers; files written before srq stored it have none (an optional key: no version change).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -26,9 +31,11 @@ from torch import nn
 
 from srqcli import __version__
 from srqcli.config import Recipe, recipe_from_dict
+from srqcli.core.encoding import Encoding, layers_from_dict, layers_to_dict
 from srqcli.errors import SrqError, short_reason
 from srqcli.io.atomic import save_safetensors_atomic
 from srqcli.models import build_model, check_input_size
+from srqcli.nn.encodings import model_encodings
 from srqcli.nn.surgery import LayerBits, rebuild_quantized
 from srqcli.preprocessing import Preprocessing
 
@@ -51,6 +58,9 @@ class ModelInfo:
     std: tuple[float, ...] = ()
     metrics: dict[str, Any] = field(default_factory=dict)
     preprocessing: Preprocessing | None = None  # ImageFolder models (older files: None)
+    #: the trained quantizers' records (:mod:`srqcli.core.encoding`); None before training
+    #: and in files written before srq stored them
+    encodings: dict[str, dict[str, Encoding]] | None = None
 
     @property
     def quantized(self) -> bool:
@@ -70,7 +80,13 @@ class ModelInfo:
             "normalization": json.dumps({"mean": list(self.mean), "std": list(self.std)}),
             "metrics": json.dumps(self.metrics),
             **({"preprocessing": json.dumps(self.preprocessing.to_dict())} if self.preprocessing else {}),
+            **({"encodings": json.dumps(layers_to_dict(self.encodings), separators=(",", ":"))}
+               if self.encodings is not None else {}),
         }
+
+    def with_encodings(self, model: nn.Module) -> ModelInfo:
+        """A copy holding ``model``'s quantizer records (a float model's info unchanged)."""
+        return dataclasses.replace(self, encodings=model_encodings(model)) if self.quantized else self
 
     def data_settings(self) -> dict[str, Any]:
         """The :class:`~srqcli.data.DataSpec` keywords that prepare data as this model expects:
@@ -108,6 +124,11 @@ class ModelInfo:
                 info.preprocessing = Preprocessing.from_dict(json.loads(meta["preprocessing"]))
             except (ValueError, SrqError) as exc:
                 raise _damaged(path, f"preprocessing: {short_reason(exc)}") from exc
+        if "encodings" in meta:
+            try:
+                info.encodings = layers_from_dict(json.loads(meta["encodings"]))
+            except ValueError as exc:
+                raise _damaged(path, f"encodings: {short_reason(exc)}") from exc
         for key in ("num_classes", "in_channels", "image_size"):
             if getattr(info, key) < 1:
                 raise _damaged(path, f"{key} = {getattr(info, key)}")
@@ -126,9 +147,10 @@ def _int(value: str, key: str, path: Path) -> int:
 
 
 def save_model(path: str | os.PathLike, model: nn.Module, info: ModelInfo) -> None:
-    """Write ``model``'s tensors and ``info`` atomically as safetensors."""
+    """Write ``model``'s tensors and ``info`` (with the model's quantizer records) atomically as
+    safetensors."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_safetensors_atomic(tensors, path, info.metadata())
+    save_safetensors_atomic(tensors, path, info.with_encodings(model).metadata())
 
 
 def safetensors_format(path: str | os.PathLike) -> str | None:
@@ -200,7 +222,18 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, ModelInfo]:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         raise SrqError(f"{path} is damaged: tensor shapes do not match its metadata") from exc
+    check_encodings(model, info, path)
     return model.eval(), info
+
+
+def check_encodings(model: nn.Module, info: ModelInfo, path: Path) -> None:
+    """Refuse a file whose stored quantizer records disagree with the quantizers it rebuilds."""
+    if info.encodings is None:
+        return
+    found = model_encodings(model)
+    for name in {**info.encodings, **found}:
+        if info.encodings.get(name) != found.get(name):
+            raise _damaged(path, f"encodings: layer {name} does not match its quantizers")
 
 
 def _diff_keys(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:

@@ -1,8 +1,8 @@
 """The trainable quantizer modules (the shared base and SRQ's) and their frozen encoding.
 
 Following AIMET's split, a :class:`Quantizer` holds what is *trained* (``log α``; SRQ adds
-``log σ``) and :class:`QuantEncoding` what is *frozen* (bits, signedness, step): export,
-reports and eval read encodings and never touch training code. The baselines of
+``log σ``) and :class:`~srqcli.core.encoding.Encoding` what is *frozen* (bits, signedness,
+step): export, reports and eval read encodings and never touch training code. The baselines of
 ``srq quantize --method`` subclass :class:`Quantizer` in :mod:`srqcli.methods`.
 
 Parametrisation (docs/method.md §1, §4): ``α = exp(log_α)`` is positive by construction (a negative
@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from srqcli.core import dropbits as db
+from srqcli.core.encoding import Encoding
 from srqcli.core.grid import IntGrid
 from srqcli.core.srq import default_window, srq_forward_codes, srq_quantize
 
@@ -31,23 +31,6 @@ SIGMA_MIN_RATIO = 0.05
 SIGMA_MAX_RATIO = 0.5
 LOG_ALPHA_BOUND = 30.0
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class QuantEncoding:
-    """Frozen quantization parameters of one tensor: what export and reports consume."""
-
-    bits: int
-    signed: bool
-    step: Tensor  # scalar, or per-channel with the tensor's channel axis kept (C, 1, …)
-
-    @property
-    def grid(self) -> IntGrid:
-        return IntGrid(self.bits, self.signed)
-
-    @property
-    def per_channel(self) -> bool:
-        return self.step.numel() > 1
 
 
 def mse_optimal_step(x: Tensor, grid: IntGrid, channel_axis: int | None = None,
@@ -204,9 +187,10 @@ class Quantizer(nn.Module):
         if not self._host_value("_ready", self.initialized._version, lambda: bool(self.initialized)):
             raise RuntimeError("quantizer used before calibration: call calibrate() first")
 
-    def encoding(self) -> QuantEncoding:
-        """The frozen encoding (bits, signedness, step) for export and reports."""
-        return QuantEncoding(self.bits, bool(self.signed_flag), self.alpha.detach().clone())
+    def encoding(self) -> Encoding:
+        """The frozen encoding (bits, signedness, step, channel axis) for export and reports."""
+        axis = self.channel_axis if self.log_alpha.dim() > 0 else None
+        return Encoding(self.bits, bool(self.signed_flag), self.alpha.detach(), axis)
 
 
 class SRQQuantizer(Quantizer):

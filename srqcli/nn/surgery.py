@@ -43,7 +43,16 @@ _SAMPLES_PER_BATCH = 1 << 16
 @dataclass(frozen=True)
 class LayerBits:
     """Bit-widths chosen for one layer; ``output_bits``/``output_site``: its output quantizer
-    and the module whose output it quantizes (the folded BatchNorm, else the layer)."""
+    and the module whose output it quantizes (the folded BatchNorm, else the layer).
+
+    This is the *plan*, what was requested before training, and it stays a type of its own
+    rather than being derived from the trained quantizers' records
+    (:class:`srqcli.core.encoding.Encoding`): it exists before any quantizer is calibrated
+    (signedness and steps are not known yet), it is what rebuilds the module tree of a saved
+    model and what resume and ``--start-from`` files are checked against, and it holds what no
+    record does (where an output quantizer sits). The records say what was *trained*; model
+    files store both.
+    """
 
     name: str
     weight_bits: int

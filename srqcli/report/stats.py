@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from srqcli.core.grid import IntGrid
 from srqcli.errors import SrqError, short_reason
 from srqcli.nn.layers import QUANT_LAYERS, is_quant_layer
-from srqcli.nn.output_quant import output_quantizer
+from srqcli.nn.encodings import layer_encodings
 from srqcli.nn.quantizer import Quantizer
 
 FLOAT_BITS = 32
@@ -98,15 +98,15 @@ def layer_stats(model: nn.Module) -> list[LayerStats]:
     for name, m in model.named_modules():
         if not is_quant_layer(m):
             continue
-        w, a = m.weight_quant.encoding(), m.input_quant.encoding()
-        o = q.encoding() if (q := output_quantizer(m)) is not None else None
-        cluster, clipped = grid_proximity(m.weight, w.step, w.grid)
+        records = layer_encodings(m)
+        w, a, o = records["weight"], records["input"], records.get("output")
+        cluster, clipped = grid_proximity(m.weight, w.broadcast_step(m.weight.dim()), w.grid)
         rows.append(LayerStats(name, _layer_type(m), tuple(m.weight.shape),
                                m.weight.numel(), w.bits, a.bits, a.signed,
-                               [float(s) for s in w.step.flatten()], float(a.step),
+                               w.step.reshape(-1).tolist(), a.scalar,
                                weight_signed=w.signed, groups=getattr(m, "groups", 1),
                                cluster_fraction=cluster, clipped_fraction=clipped,
-                               output_bits=o.bits if o else None, output_step=float(o.step) if o else None))
+                               output_bits=o.bits if o else None, output_step=o.scalar if o else None))
     return rows
 
 

@@ -91,6 +91,7 @@ def test_export_onnx_default(run_dir, tmp_path):
     meta = {p.key: p.value for p in model.metadata_props}
     alloc = json.loads(meta["srq.bit_allocation"])
     assert [entry["weight_bits"] for entry in alloc["layers"]] == [4] * 5
+    assert "srq.encodings" not in meta  # per-channel steps would bloat the file (bit_allocation)
     assert meta["srq.version"] and json.loads(meta["srq.recipe"])["quant"]["weight_bits"] == 4
     assert meta["srq.arch"] == "lenet5" and meta["srq.layout"] == "qdq"
 

@@ -65,14 +65,16 @@ def test_metadata_and_size(tmp_path):
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
         names = list(f.keys())
-    layers = json.loads(meta["layers"])
-    assert meta["format"] == "srq.packed" and meta["packed_format_version"] == "1"
-    assert {k: v["bits"] for k, v in layers.items()} == {"conv1": 2, "conv2": 5, "fc1": 6, "fc2": 7, "fc3": 8}
-    assert layers["conv1"]["signed"] is True and layers["conv1"]["granularity"] == "per-channel"
+    layers, records = json.loads(meta["layers"]), json.loads(meta["encodings"])
+    assert meta["format"] == "srq.packed" and meta["packed_format_version"] == "2"
+    assert {k: v["weight"]["bits"] for k, v in records.items()} == {"conv1": 2, "conv2": 5, "fc1": 6, "fc2": 7, "fc3": 8}
+    assert records["conv1"]["weight"]["signed"] is True and records["conv1"]["weight"]["axis"] == 0
+    assert torch.equal(torch.tensor(records["conv1"]["weight"]["step"]),
+                       model.conv1.weight_quant.alpha.detach().flatten())
     assert layers["conv1"]["bn"] == "bn1" and "conv1.deploy.scale" in names
-    assert layers["fc3"]["act_bits"] == 7 and "recipe" in meta and "srq_version" in meta
-    assert not any(n.endswith(("log_sigma", "log_alpha", "num_batches_tracked")) for n in names)
-    ideal = sum(v["bits"] * torch.Size(v["shape"]).numel() for v in layers.values()) / 8
+    assert records["fc3"]["input"]["bits"] == 7 and "recipe" in meta and "srq_version" in meta
+    assert not any(n.endswith(("log_sigma", "log_alpha", "num_batches_tracked", ".step")) for n in names)
+    ideal = sum(records[k]["weight"]["bits"] * torch.Size(v["shape"]).numel() for k, v in layers.items()) / 8
     assert sizes["packed_weight_bytes"] <= ideal + len(layers)  # ≤ 1 padding byte per layer
     header = struct.unpack("<Q", path.read_bytes()[:8])[0]
     payload = path.stat().st_size - 8 - header
@@ -105,13 +107,50 @@ def test_tampered_metadata_is_refused(tmp_path):
     with safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata())
     tensors = load_file(str(path))
-    layers = json.loads(meta["layers"])
-    layers["fc1"]["bits"] = 3
+    records = json.loads(meta["encodings"])
+    records["fc1"]["weight"]["bits"] = 3
     bad = tmp_path / "bad.safetensors"
-    save_file(tensors, str(bad), metadata={**meta, "layers": json.dumps(layers)})
+    save_file(tensors, str(bad), metadata={**meta, "encodings": json.dumps(records)})
     with pytest.raises(SrqError, match="damaged"):
+        load_packed(bad)
+    del records["fc1"]
+    save_file(tensors, str(bad), metadata={**meta, "encodings": json.dumps(records)})
+    with pytest.raises(SrqError, match="damaged"):
+        load_packed(bad)
+    save_file(tensors, str(bad), metadata={**meta, "packed_format_version": "3"})
+    with pytest.raises(SrqError, match="newer srq"):
         load_packed(bad)
     del tensors["fc2.weight.packed"]
     save_file(tensors, str(bad), metadata=meta)
     with pytest.raises(SrqError, match="damaged"):
         load_packed(bad)
+
+
+def _as_version_1(path, out) -> None:
+    """Rewrite a packed file as srq wrote format 1: steps as tensors, bits in ``layers``."""
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    tensors, layers = load_file(str(path)), json.loads(meta["layers"])
+    for name, records in json.loads(meta.pop("encodings")).items():
+        spec = layers[name]
+        spec.update(bits=records["weight"]["bits"], signed=True, act_bits=records["input"]["bits"],
+                    act_signed=records["input"]["signed"])
+        for role, rec in records.items():
+            tensors[f"{name}.{role}.step"] = torch.tensor(rec["step"], dtype=torch.float32)
+        if "output" in records:
+            spec.update(output_bits=records["output"]["bits"], output_signed=records["output"]["signed"])
+    save_file(tensors, str(out), metadata={**meta, "packed_format_version": "1", "layers": json.dumps(layers)})
+
+
+@pytest.mark.parametrize("case", ["lenet-mixed-2..8-bits", "resnet20-w3a3-output-8-bits"])
+def test_format_1_files_still_load(case, tmp_path):
+    model, info, path, _ = _packed(tmp_path, **CASES[case])
+    old = tmp_path / "v1.safetensors"
+    _as_version_1(path, old)
+    rebuilt, _ = load_packed(old)
+    x = torch.randn(8, info.in_channels, info.image_size, info.image_size,
+                    generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(x), rebuilt(x))

@@ -220,7 +220,7 @@ def flip_step(model: nn.Module) -> float:
     """Largest output change from one flipped input code of the last layer."""
     traced = trace(model, (2, 3, SIZE, SIZE))
     fl = output_layer(traced, freeze_model(model, traced.bn_folds))
-    return fl.act.step * float((fl.deploy_codes.abs().float() * fl.scale[:, None]).max())
+    return fl.input.scalar * float((fl.deploy_codes.abs().float() * fl.scale[:, None]).max())
 
 
 def inputs(n: int = 32, seed: int = 1) -> np.ndarray:
@@ -395,7 +395,7 @@ def test_bn_folding_is_exact_in_float64():
     frozen = freeze_model(model, trace(model, (2, 3, SIZE, SIZE)).bn_folds)
     fl = frozen.layers["conv2"]
     x = torch.randn(4, 8, 5, 5, dtype=torch.float64)
-    alpha = fl.weight_step.double()
+    alpha = fl.weight.step.double()
     y = F.conv2d(x, fl.codes.double() * alpha, fl.bias.double(), padding=1)
     bn = model.bn2
     y = (y - bn.running_mean.double()[:, None, None]) / torch.sqrt(bn.running_var.double()[:, None, None] + bn.eps) \

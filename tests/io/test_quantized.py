@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,10 @@ from report.report_testutil import save_lenet_run
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from srqcli.core.encoding import layers_from_dict
 from srqcli.errors import SrqError
 from srqcli.io.quantized import load_model, read_model_info, save_model
+from srqcli.nn.encodings import model_encodings
 
 
 PREPROCESSING = ('{"image_size": 28, "resize_size": 32, "mean": [0.5], "std": [0.25], "channels": 1, '
@@ -43,6 +46,8 @@ def with_metadata(original: Path, target: Path, **changes: str) -> Path:
     ({"preprocessing": '{"image_size": 28}'}, "preprocessing: preprocessing must be an object with the keys"),
     ({"preprocessing": PREPROCESSING.replace('"channels": 1', '"channels": 2')},
      "preprocessing: channels must be 1 (grayscale) or 3 (RGB), got 2"),
+    ({"encodings": "[]"}, "encodings: the encodings must be an object of layers"),
+    ({"encodings": '{"fc1": {"weight": {"bits": 4}}}'}, "encodings: layer fc1: expected the records"),
 ])
 def test_damaged_metadata_is_named(original: Path, tmp_path: Path, changes: dict, detail: str) -> None:
     path = with_metadata(original, tmp_path / "model.safetensors", **changes)
@@ -100,3 +105,25 @@ def test_preprocessing_round_trips_and_older_files_have_none(original: Path, tmp
     again = tmp_path / "again.safetensors"
     save_model(again, load_model(path)[0], info)
     assert read_model_info(again).preprocessing == p
+
+
+def test_quantizer_records_are_stored_and_checked(original: Path, tmp_path: Path) -> None:
+    """The file's records are its quantizers' (read without rebuilding them); records that
+    disagree with the tensors are damage, and files written before srq stored them still load."""
+    model, info = load_model(original)
+    assert info.encodings == model_encodings(model) and list(info.encodings) == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    assert read_model_info(original).encodings == info.encodings
+    with safe_open(str(original), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
+    records = json.loads(meta["encodings"])
+    records["fc2"]["input"]["step"] *= 2
+    edited = with_metadata(original, tmp_path / "edited.safetensors", encodings=json.dumps(records))
+    assert read_model_info(edited).encodings["fc2"] == layers_from_dict(records)["fc2"]
+    with pytest.raises(SrqError, match="damaged srq metadata \\(encodings: layer fc2 does not match"):
+        load_model(edited)
+    del meta["encodings"]
+    older = tmp_path / "older.safetensors"
+    save_file(tensors, str(older), metadata=meta)
+    assert read_model_info(older).encodings is None
+    assert load_model(older)[1].encodings is None

@@ -11,11 +11,11 @@ import torch
 from conftest import gen
 
 from srqcli.core import dropbits as db
+from srqcli.core.encoding import Encoding
 from srqcli.core.grid import IntGrid
 from srqcli.nn.quantizer import (
     SIGMA_MAX_RATIO,
     SIGMA_MIN_RATIO,
-    QuantEncoding,
     SRQQuantizer,
     mse_optimal_step,
 )
@@ -239,16 +239,17 @@ def test_encoding(per_channel):
     else:
         q = make_quantizer(3, None, torch.rand(100, generator=gen()))
     enc = q.encoding()
-    assert isinstance(enc, QuantEncoding)
+    assert isinstance(enc, Encoding)
     assert enc.bits == 3 and enc.signed == bool(q.signed_flag) == per_channel
-    assert torch.equal(enc.step, q.alpha.detach())
+    assert torch.equal(enc.broadcast_step(4 if per_channel else 0), q.alpha.detach())
     assert not enc.step.requires_grad
     assert enc.per_channel == per_channel
-    assert enc.step.shape == ((6, 1, 1, 1) if per_channel else ())
+    assert enc.step.shape == ((6,) if per_channel else ())
+    assert enc.axis == (0 if per_channel else None)
     assert enc.grid == IntGrid(3, per_channel)
     with torch.no_grad():  # frozen: later training does not change the encoding
         q.log_alpha.add_(1.0)
-    assert not torch.equal(enc.step, q.alpha.detach())
+    assert not torch.equal(enc.broadcast_step(4 if per_channel else 0), q.alpha.detach())
 
 
 def test_forward_is_round_and_clip_in_train_and_eval():
