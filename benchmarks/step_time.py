@@ -1,11 +1,13 @@
-"""Training step time and peak memory: float vs SRQ (windowed, fused) vs naive full-grid SRQ vs LSQ.
+"""Training step time and peak memory: float vs SRQ (windowed, fused) vs naive full-grid SRQ vs LSQ,
+and float, SRQ and LSQ as a whole-model ``torch.compile`` (``*-compiled``, timing only).
 
 Protocol (docs/benchmark-protocol.md): all configurations live in one process and are timed
 alternately (A B C A B C …) after warm-up; the reported number is the median of per-round
 ratios to float, and for SRQ the median of per-round ratios to LSQ on the same model and batch
 (issue #5's target: SRQ's step at most 1.3× LSQ's). Peak memory: each configuration runs in its own subprocess; we report its
 peak RSS minus that of a process that only builds the model and the batch (for fused SRQ, one
-that also loaded its compiled kernels, a fixed cost reported separately).
+that also loaded its compiled kernels, a fixed cost reported separately). The compiled rows
+print how many graphs inductor compiled for the model (1: no graph break, no recompile).
 
     python benchmarks/step_time.py [--arch resnet20] [--bits 3] [--batch 128] [--rounds 15]
 """
@@ -23,13 +25,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from torch._dynamo.testing import CompileCounterWithBackend
+
 from srqcli.config import QuantConfig
 from srqcli.core import srq as srq_core
 from srqcli.models import build_model
 from srqcli.nn.quantizer import SRQQuantizer
 from srqcli.nn.surgery import quantize_model
 
-CONFIGS = ("float", "srq", "srq-eager", "srq-fullgrid", "lsq")
+EAGER_CONFIGS = ("float", "srq", "srq-eager", "srq-fullgrid", "lsq")
+COMPILED_CONFIGS = ("float-compiled", "srq-compiled", "lsq-compiled")
+CONFIGS = EAGER_CONFIGS + COMPILED_CONFIGS
+#: Graphs inductor compiled per compiled configuration (filled by :func:`build`).
+COMPILE_COUNTERS: dict[str, CompileCounterWithBackend] = {}
 
 
 class FullGridQuantizer(SRQQuantizer):
@@ -45,8 +53,9 @@ def build(config: str, arch: str, bits: int, batch: int, channels: int, size: in
     model = build_model(arch, 10, channels)
     x = torch.randn(batch, channels, size, size)
     y = torch.randint(0, 10, (batch,))
-    if config != "float":
-        method = "lsq" if config == "lsq" else "srq"
+    base = config.removesuffix("-compiled")
+    if base != "float":
+        method = "lsq" if base == "lsq" else "srq"
         quantize_model(model, QuantConfig(method=method, weight_bits=bits, act_bits=bits), [x[:32]])
         if config == "srq-fullgrid":
             for m in model.modules():
@@ -54,6 +63,9 @@ def build(config: str, arch: str, bits: int, batch: int, channels: int, size: in
                     m.__class__ = FullGridQuantizer
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     model.train()
+    if config in COMPILED_CONFIGS:
+        COMPILE_COUNTERS[config] = CompileCounterWithBackend("inductor")
+        model = torch.compile(model, backend=COMPILE_COUNTERS[config])
     return model, opt, x, y
 
 
@@ -115,6 +127,7 @@ def main() -> None:
         old = json.loads((RESULTS / f"{name}.json").read_text())
         ratios, medians, args.rounds = old["time_ratio_to_float"], old["median_step_s"], old["rounds"]
         srq_over_lsq = old.get("srq_time_ratio_to_lsq")
+        old_graphs = old.get("compiled_graphs", {})
     else:
         setups = {c: build(c, args.arch, args.bits, args.batch, args.channels, args.size) for c in CONFIGS}
         for c, s in setups.items():  # warm-up (includes the one-off torch.compile of the kernels)
@@ -127,6 +140,7 @@ def main() -> None:
         ratios = {c: statistics.median(t / f for t, f in zip(times[c], times["float"])) for c in CONFIGS}
         medians = {c: statistics.median(times[c]) for c in CONFIGS}
         srq_over_lsq = statistics.median(s / q for s, q in zip(times["srq"], times["lsq"]))
+        old_graphs = {}
     memory = {}
     if not args.skip_memory:
         # Children are measured one by one in increasing expected size, since RUSAGE_CHILDREN
@@ -145,23 +159,25 @@ def main() -> None:
             peaks[c] = int(proc.stdout.strip().splitlines()[-1])
         # The fused SRQ process also holds its compiled kernels (fixed size, independent of the
         # batch): its baseline includes them, and the overhead is reported on its own.
-        base = {c: peaks["build-compiled" if c == "srq" else "build-only"] for c in CONFIGS}
-        train = {c: peaks[c] - base[c] for c in CONFIGS}
+        base = {c: peaks["build-compiled" if c == "srq" else "build-only"] for c in EAGER_CONFIGS}
+        train = {c: peaks[c] - base[c] for c in EAGER_CONFIGS}
         memory = {"peak_rss_kib": peaks, "training_kib": train,
                   "compiled_kernels_kib": peaks["build-compiled"] - peaks["build-only"],
-                  "ratio_to_float": {c: train[c] / train["float"] for c in CONFIGS}}
+                  "ratio_to_float": {c: train[c] / train["float"] for c in EAGER_CONFIGS}}
     print(f"{args.arch} W{args.bits}A{args.bits}, batch {args.batch}, {args.channels}x{args.size}x{args.size}, "
           f"{torch.get_num_threads()} threads, {args.rounds} alternating rounds")
+    graphs = {c: n.frame_count for c, n in COMPILE_COUNTERS.items()} or old_graphs
     for c in medians:  # an old result kept by --skip-timing may predate a configuration
-        mem = f"  memory {memory['ratio_to_float'][c]:.2f}x float" if memory else ""
-        print(f"  {c:13s} step {medians[c] * 1000:8.1f} ms   time {ratios[c]:.2f}x float{mem}")
+        mem = f"  memory {memory['ratio_to_float'][c]:.2f}x float" if c in memory.get("ratio_to_float", {}) else ""
+        compiled = f"  {graphs[c]} graph(s) compiled" if c in graphs else ""
+        print(f"  {c:14s} step {medians[c] * 1000:8.1f} ms   time {ratios[c]:.2f}x float{mem}{compiled}")
     if srq_over_lsq is not None:
         print(f"  srq step time {srq_over_lsq:.2f}x lsq's (same run; target <= 1.3x)")
     write_result(name, {
         "arch": args.arch, "bits": args.bits, "batch": args.batch,
         "input": [args.channels, args.size, args.size], "rounds": args.rounds,
         "median_step_s": medians, "time_ratio_to_float": ratios, "srq_time_ratio_to_lsq": srq_over_lsq,
-        "memory": memory})
+        "compiled_graphs": graphs, "memory": memory})
 
 
 if __name__ == "__main__":

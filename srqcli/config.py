@@ -106,6 +106,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # mixed precision on CUDA only
     fused: bool = True  # torch.compile the SRQ backward
+    compile: bool = False  # torch.compile the whole model for training (one graph; docs/method-decisions.md)
     checkpoint_every: int = 0  # also write the resume checkpoint every N steps (0: by time only)
     checkpoint_minutes: float = 10.0  # ... and every N minutes (0: only N steps / epoch ends)
 

@@ -212,3 +212,10 @@ def test_preprocessing_keys_round_trip():
                                         "interpolation": "bicubic", "image_size": 32, "resize_size": 36}})
     again = recipe_from_dict(tomllib.loads(to_toml(recipe)))
     assert again.data == recipe.data and again.data.mean == [0.5, 0.5, 0.5]
+
+
+def test_train_compile_is_a_recipe_key_off_by_default() -> None:
+    from srqcli.config import recipe_from_dict
+
+    assert recipe_from_dict({}).train.compile is False
+    assert recipe_from_dict({"train": {"compile": True}}).train.compile is True

@@ -31,6 +31,14 @@ elementwise pass that ``torch.compile`` fuses into a single loop (see :func:`set
         ``α/(σ·π_m)·Σ_j φ_j > 0``: it never flips the sign of the upstream gradient.
     ``"diff"``: ``s = α·S/π_m`` with ``π_m`` differentiated (the literal paper reading).
     ``"centred"``: ``s = α·m + α·(S − m)/π_m`` (translation-invariant in ``m``).
+
+Under a whole-model ``torch.compile`` (docs/method-decisions.md, "One graph under
+torch.compile") the function is traced into the model's graph: the codes go through the opaque
+custom op ``srq::round_clip`` (so no compiler rewrites the division or the rounding, on any
+device), the backward is traced and fused with its neighbours instead of calling the
+per-function compiled kernel, and a window left to :func:`srq_quantize` is the one for the cap
+σ = α/2, so a change of σ never recompiles. Eager calls skip the custom op: its Python
+dispatch costs ~0.1 ms per call, and its implementation is the same function.
 """
 
 from __future__ import annotations
@@ -44,6 +52,9 @@ import torch
 from torch import Tensor
 
 from srqcli.core.names import PI_MODES
+
+#: Largest σ/α any quantizer allows (:mod:`srqcli.nn.quantizer` caps σ at α/2).
+SIGMA_RATIO_CAP = 0.5
 
 #: Smallest ``π_m`` used in a division. With ``σ ≤ α/2`` the mode's probability is never
 #: below ``sigmoid(1) − sigmoid(−1) ≈ 0.46``; the guard only matters for extreme inputs.
@@ -73,6 +84,36 @@ def srq_forward_codes(x: Tensor, alpha: Tensor, kmin: Tensor | int, kmax: Tensor
     ``x``'s size for the codes, not three.
     """
     return (x / alpha).round_().clamp_(kmin, kmax)
+
+
+def _round_clip(x: Tensor, alpha: Tensor, kmin_t: Tensor | None, kmax_t: Tensor | None,
+                kmin: int, kmax: int) -> Tensor:
+    """:func:`srq_forward_codes` with the bounds as the op's schema takes them: the tensor when
+    given, else the int (a schema cannot say "tensor or int")."""
+    return srq_forward_codes(x, alpha, kmin if kmin_t is None else kmin_t,
+                             kmax if kmax_t is None else kmax_t)
+
+
+#: The codes as an op compilers treat as a black box (:func:`exact_codes`). Its fake (meta)
+#: implementation is the same code: on fake tensors it gives the exact shape, dtype and strides.
+round_clip_op = torch.library.custom_op(
+    "srq::round_clip", _round_clip, mutates_args=(),
+    schema="(Tensor x, Tensor alpha, Tensor? kmin_t, Tensor? kmax_t, int kmin, int kmax) -> Tensor")
+round_clip_op.register_fake(_round_clip)
+
+
+def exact_codes(x: Tensor, alpha: Tensor, kmin: Tensor | int, kmax: Tensor | int) -> Tensor:
+    """:func:`srq_forward_codes`, through ``srq::round_clip`` while compiling.
+
+    Inductor's Triton code divides approximately (``div.full.f32``, up to 2 ulp), which moves
+    ties and near-ties to another code than eager torch and onnxruntime's ``QuantizeLinear``;
+    inside the opaque op the eager kernels run, on every device.
+    """
+    if not torch.compiler.is_compiling():
+        return srq_forward_codes(x, alpha, kmin, kmax)
+    tensors = [b if isinstance(b, Tensor) else None for b in (kmin, kmax)]
+    ints = [0 if isinstance(b, Tensor) else int(b) for b in (kmin, kmax)]
+    return round_clip_op(x, alpha, *tensors, *ints)
 
 
 def _edge_sums(x: Tensor, alpha: Tensor, sigma: Tensor, m: Tensor,
@@ -153,6 +194,14 @@ _compiled: dict[str, Callable[..., Any]] = {}
 _use_fused = os.environ.get("SRQ_FUSED", "1") != "0"
 
 
+class FusionFallbackWarning(RuntimeWarning):
+    """The fused backward could not be compiled; the process continues with the eager one.
+
+    Its own category so that the test suite turns it into an error (pyproject.toml's
+    ``filterwarnings``): a fusion that fails in tests fails the test, not silently its speed.
+    """
+
+
 def set_fused(enabled: bool) -> None:
     """Use the ``torch.compile``-fused backward (default) or the eager one.
 
@@ -164,37 +213,55 @@ def set_fused(enabled: bool) -> None:
 
 
 def _run(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call ``fn``, through ``torch.compile`` when fusing is on.
+    """Call ``fn``, through its own ``torch.compile`` when fusing is on and the caller is eager.
 
-    If compiling fails (no C++ compiler, an unsupported platform) srq warns once and falls
-    back to eager: slower, same numbers. A genuine error in the math re-raises from eager.
+    Inside a compiled model ``fn`` is traced like the rest of it (a compiled function called
+    there would be a nested compile). Tensors are passed detached: dynamo guards on the type,
+    and a weight's ``nn.Parameter`` would otherwise compile its own specialisation.
+    If compiling fails (no C++ compiler, an unsupported platform, the recompile limit) srq
+    warns with the reason (:class:`FusionFallbackWarning`) and runs eagerly from then on:
+    slower, same numbers. A genuine error in the math re-raises from eager.
     """
     global _use_fused
+    if torch.compiler.is_compiling():
+        return fn(*args)
     if _use_fused:
         if fn.__name__ not in _compiled:
             # One specialisation per (window, π mode, scalar/tensor bounds, α rank): a model
             # has a handful, more than dynamo's default limit of 8 per function.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             _compiled[fn.__name__] = torch.compile(fn, dynamic=True, fullgraph=True)
+        detached = [a.detach() if isinstance(a, Tensor) else a for a in args]
         try:
-            return _compiled[fn.__name__](*args)
+            return _compiled[fn.__name__](*detached)
         except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back, say why
-            warnings.warn(f"torch.compile of the SRQ kernels failed ({type(exc).__name__}); "
-                          "running them eagerly (slower). Set SRQ_FUSED=0 to skip compiling.",
-                          RuntimeWarning, stacklevel=2)
+            first_line = next(iter(str(exc).strip().splitlines()), "")
+            reason = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+            warnings.warn(f"torch.compile of the SRQ backward failed ({reason}); this process "
+                          "runs it eagerly from now on (same numbers, slower). Set SRQ_FUSED=0 "
+                          "to skip compiling.", FusionFallbackWarning, stacklevel=2)
             _use_fused = False
     return fn(*args)
 
 
-class _SRQFunction(torch.autograd.Function):
-    """Forward ``α·codes``, backward the fused edge sums.
+def _srq_grads(grad: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor, kmin: Tensor | int,
+               kmax: Tensor | int, window: int, pi_mode: str) -> tuple[Tensor, Tensor, Tensor]:
+    """The backward of SRQ at the forward's codes (recomputed: cheaper than saving them)."""
+    m = exact_codes(x, alpha, kmin, kmax)
+    return _run(srq_backward_math, grad.contiguous(), x, alpha, sigma, m, kmin, kmax, window,
+                pi_mode)
 
-    The codes ``clamp(round(x/α))`` are always computed by eager torch, never inside a
-    compiled kernel: Triton lowers float32 ``/`` to ``div.full.f32`` (up to 2 ulp), so a
-    compiled ``round(x/α)`` rounds ties and near-ties differently from eager torch and from
-    onnxruntime's ``QuantizeLinear``. Measured on an H100 (torch 2.11, Triton 3.6): the
-    compiled forward missed round-and-clip at 3, 4 and 8 bits (tests/core/test_srq_cuda.py).
-    The backward gets the same eager codes, so its window sits on the forward's mode.
+
+class _SRQFunction(torch.autograd.Function):
+    """Forward ``α·codes``, backward the fused edge sums: the eager entry point.
+
+    The codes ``clamp(round(x/α))`` are always computed by eager torch kernels (directly, or
+    inside an opaque op while compiling), never by a generated kernel: Triton lowers float32
+    ``/`` to ``div.full.f32`` (up to 2 ulp), so a compiled ``round(x/α)`` rounds ties and
+    near-ties differently from eager torch and from onnxruntime's ``QuantizeLinear``. Measured
+    on an H100 (torch 2.11, Triton 3.6): the compiled forward missed round-and-clip at 3, 4
+    and 8 bits (tests/core/test_srq_cuda.py). The backward gets the same codes, so its window
+    sits on the forward's mode.
     """
 
     @staticmethod
@@ -213,10 +280,42 @@ class _SRQFunction(torch.autograd.Function):
         x, alpha, sigma, *bounds = ctx.saved_tensors
         kmin = bounds.pop(0) if ctx.kmin_t else ctx.kmin
         kmax = bounds.pop(0) if ctx.kmax_t else ctx.kmax
-        m = srq_forward_codes(x, alpha, kmin, kmax)
-        g_x, g_alpha, g_sigma = _run(srq_backward_math, grad.contiguous(), x, alpha, sigma, m,
-                                     kmin, kmax, ctx.window, ctx.pi_mode)
-        return g_x, g_alpha, g_sigma, None, None, None, None
+        return *_srq_grads(grad, x, alpha, sigma, kmin, kmax, ctx.window, ctx.pi_mode), \
+            None, None, None, None
+
+
+def _quantize(x: Tensor, alpha: Tensor, sigma: Tensor, kmin_t: Tensor | None,
+              kmax_t: Tensor | None, kmin: int, kmax: int, window: int, pi_mode: str) -> Tensor:
+    """``α·codes``: the forward of ``srq::quantize`` and its fake implementation."""
+    return _round_clip(x, alpha, kmin_t, kmax_t, kmin, kmax).mul_(alpha)
+
+
+#: SRQ as one op, the compiled entry point: dynamo records a single node per quantizer
+#: (tracing :class:`_SRQFunction` costs it ~1 s per call: the 2w+2-edge backward is speculated
+#: op by op), the forward stays opaque (exact codes on every device), and AOTAutograd traces
+#: the registered backward, which inductor fuses with its neighbours.
+quantize_op = torch.library.custom_op(
+    "srq::quantize", _quantize, mutates_args=(),
+    schema="(Tensor x, Tensor alpha, Tensor sigma, Tensor? kmin_t, Tensor? kmax_t, int kmin, "
+           "int kmax, int window, str pi_mode) -> Tensor")
+quantize_op.register_fake(_quantize)
+
+
+def _setup_quantize(ctx, inputs: tuple[Any, ...], output: Tensor) -> None:
+    x, alpha, sigma, kmin_t, kmax_t, kmin, kmax, window, pi_mode = inputs
+    ctx.save_for_backward(x, alpha, sigma, kmin_t, kmax_t)
+    ctx.kmin, ctx.kmax, ctx.window, ctx.pi_mode = kmin, kmax, window, pi_mode
+
+
+def _quantize_backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+    x, alpha, sigma, kmin_t, kmax_t = ctx.saved_tensors
+    kmin = ctx.kmin if kmin_t is None else kmin_t
+    kmax = ctx.kmax if kmax_t is None else kmax_t
+    return *_srq_grads(grad, x, alpha, sigma, kmin, kmax, ctx.window, ctx.pi_mode), \
+        None, None, None, None, None, None
+
+
+quantize_op.register_autograd(_quantize_backward, setup_context=_setup_quantize)
 
 
 def srq_quantize(x: Tensor, alpha: Tensor, sigma: Tensor, kmin: Tensor | int,
@@ -230,14 +329,20 @@ def srq_quantize(x: Tensor, alpha: Tensor, sigma: Tensor, kmin: Tensor | int,
         sigma: logistic noise scale, positive, same shape as ``alpha``.
         kmin, kmax: grid bounds; ints, or integer-valued float tensors broadcastable to
             ``x`` (per-element bounds are how DropBits' top-bit variant narrows the grid).
-        window: edge-window half-width ``w``; ``None`` picks it from ``max(σ/α)``.
+        window: edge-window half-width ``w``; ``None`` picks it from ``max(σ/α)`` (while
+            compiling: from the cap :data:`SIGMA_RATIO_CAP`, so σ never recompiles).
         pi_mode: ``"detach"`` | ``"diff"`` | ``"centred"`` (module docstring).
     """
     if pi_mode not in PI_MODES:
         raise ValueError(f"pi_mode must be one of {PI_MODES}, got {pi_mode!r}")
     if window is None:
-        window = default_window(float((sigma / alpha).detach().max()))
-    return _SRQFunction.apply(x, alpha, sigma, kmin, kmax, window, pi_mode)
+        window = default_window(SIGMA_RATIO_CAP if torch.compiler.is_compiling()
+                                else float((sigma / alpha).detach().max()))
+    if not torch.compiler.is_compiling():
+        return _SRQFunction.apply(x, alpha, sigma, kmin, kmax, window, pi_mode)
+    tensors = [b if isinstance(b, Tensor) else None for b in (kmin, kmax)]
+    ints = [0 if isinstance(b, Tensor) else int(b) for b in (kmin, kmax)]
+    return quantize_op(x, alpha, sigma, *tensors, *ints, window, pi_mode)
 
 
 def full_grid_surrogate(x: Tensor, alpha: Tensor, sigma: Tensor, kmin: int, kmax: int,

@@ -25,10 +25,10 @@ from torch import Tensor, nn
 from srqcli.core import dropbits as db
 from srqcli.core.encoding import Encoding
 from srqcli.core.grid import IntGrid
-from srqcli.core.srq import default_window, srq_forward_codes, srq_quantize
+from srqcli.core.srq import SIGMA_RATIO_CAP, default_window, srq_forward_codes, srq_quantize
 
 SIGMA_MIN_RATIO = 0.05
-SIGMA_MAX_RATIO = 0.5
+SIGMA_MAX_RATIO = SIGMA_RATIO_CAP
 LOG_ALPHA_BOUND = 30.0
 T = TypeVar("T")
 
@@ -120,18 +120,27 @@ class Quantizer(nn.Module):
             self.register_buffer("log_alpha", torch.zeros(shape))
         self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("signed_flag", torch.tensor(bool(signed)))
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._read_flags())
 
-    def _host_value(self, name: str, key: object, read: Callable[[], T]) -> T:
-        """``read()`` of a value held on the device, read again only when ``key`` changes.
+    def _host_value(self, name: str, key: Callable[[], object], read: Callable[[], T]) -> T:
+        """``read()`` of a value held on the device, read again only when ``key()`` changes.
 
         The keys are the in-place version counters of the tensors read (plus whatever else the
         value depends on): calibration, loading a state and optimizer steps bump them. On a GPU
         every read into Python makes the host wait for all queued kernels, and the values
         below are needed on every forward.
+
+        While ``torch.compile`` traces, the cached value is used as it is, a constant of the
+        graph (dynamo cannot guard on a version counter, and a read would break the graph):
+        calibration and loading refresh the flags (:meth:`_read_flags`), and ``max σ/α`` is
+        not read there at all (:meth:`SRQQuantizer.sigma_ratio_max`).
         """
         cached = self.__dict__.get(name)
-        if cached is None or cached[0] != key:
-            cached = self._set_host_value(name, key, read())
+        if cached is not None and torch.compiler.is_compiling():
+            return cached[1]
+        version = key()
+        if cached is None or cached[0] != version:
+            cached = self._set_host_value(name, version, read())
         return cached[1]
 
     def _set_host_value(self, name: str, key: object, value: T) -> tuple[object, T]:
@@ -141,8 +150,15 @@ class Quantizer(nn.Module):
 
     @property
     def grid(self) -> IntGrid:
-        return self._host_value("_grid", (self.bits, self.signed_flag._version),
-                                lambda: IntGrid(self.bits, bool(self.signed_flag)))
+        signed = self._host_value("_signed", lambda: self.signed_flag._version,
+                                  lambda: bool(self.signed_flag))
+        return IntGrid(self.bits, signed)
+
+    def _read_flags(self) -> None:
+        """Read signedness and the calibration flag into the host cache (after loading a
+        state), so that a compiled forward finds them there."""
+        _ = self.grid
+        self._calibrated()
 
     @property
     def alpha(self) -> Tensor:
@@ -167,9 +183,11 @@ class Quantizer(nn.Module):
         if signed is None:
             signed = self.signed_mode if self.signed_mode is not None else bool((x < 0).any())
         self.signed_flag.fill_(signed)
+        self._set_host_value("_signed", self.signed_flag._version, signed)
         step = self.initial_step(x)
         self.log_alpha.copy_(step.reshape(self.log_alpha.shape).log())
         self.initialized.fill_(True)
+        self._set_host_value("_ready", self.initialized._version, True)
         return step
 
     @torch.no_grad()
@@ -182,9 +200,13 @@ class Quantizer(nn.Module):
         """
         self.log_alpha.clamp_(-LOG_ALPHA_BOUND, LOG_ALPHA_BOUND)
 
+    def _calibrated(self) -> bool:
+        return self._host_value("_ready", lambda: self.initialized._version,
+                                lambda: bool(self.initialized))
+
     def check_ready(self) -> None:
         """Refuse to quantize before calibration."""
-        if not self._host_value("_ready", self.initialized._version, lambda: bool(self.initialized)):
+        if not self._calibrated():
             raise RuntimeError("quantizer used before calibration: call calibrate() first")
 
     def encoding(self) -> Encoding:
@@ -216,6 +238,9 @@ class SRQQuantizer(Quantizer):
         self.drop_variant: str | None = None
         self.drop_rate = 0.0
         self.generator: torch.Generator | None = None
+        #: The next training forward's DropBits sample, drawn before the step by
+        #: :meth:`draw_dropbits_`; ``None``: the forward draws it.
+        self.drawn: db.DropBitsSample | None = None
 
     @property
     def sigma(self) -> Tensor:
@@ -247,8 +272,15 @@ class SRQQuantizer(Quantizer):
         :func:`refresh_sigma_ratios_` refreshes all quantizers of a model with one read after
         each optimizer step; anything else that changes them (loading, a manual step) is caught
         by the version check.
+
+        While ``torch.compile`` traces: the cap ``sigma_max``, the ratio's upper bound. The
+        window a graph bakes in then covers every σ the run can reach (w = 5 at the default
+        cap α/2, within the 1e-3 truncation tolerance of :func:`default_window`), and a σ that
+        moves never recompiles the model.
         """
-        return self._host_value("_sigma_ratio", self._versions(),
+        if torch.compiler.is_compiling():
+            return self.sigma_max
+        return self._host_value("_sigma_ratio", self._versions,
                                 lambda: float(self._sigma_ratio_on_device()))
 
     def _sigma_ratio_on_device(self) -> Tensor:
@@ -268,6 +300,32 @@ class SRQQuantizer(Quantizer):
             raise ValueError(f"unknown DropBits variant {variant!r}")
         self.drop_variant, self.drop_rate, self.generator = variant, rate, generator
 
+    def dropbits_active(self) -> bool:
+        """DropBits is on at a positive rate for a grid it can narrow (never below 2 bits)."""
+        return bool(self.drop_variant) and self.drop_rate > 0 and self.bits > 2
+
+    def sample_dropbits(self, x: Tensor, alpha: Tensor) -> db.DropBitsSample:
+        """One DropBits draw for ``x`` (the float32 weight) from the run's generator."""
+        grid, gen = self.grid, self.generator
+        if self.drop_variant == "mask":
+            reach = db.mask_reach(self.sigma_ratio_max())
+            return db.sample_mask((x / alpha).detach(), grid, self.drop_rate, gen, reach)
+        sampler = db.sample_top if self.drop_variant == "top" else db.sample_lsb
+        return sampler(x.shape, grid, self.drop_rate, gen, x.device)
+
+    @torch.no_grad()
+    def draw_dropbits_(self, weight: Tensor) -> None:
+        """Draw the next training forward's sample now, outside the forward.
+
+        A compiled forward cannot draw from the run's ``torch.Generator`` (dynamo does not
+        trace generators; a draw would break the graph); drawn here, the sample enters the
+        graph as an input, and the drops are the ones the forward would have drawn from the
+        same generator state. :class:`~srqcli.nn.dropbits_schedule.DropBitsSchedule` calls
+        this before every step when it draws ahead.
+        """
+        self.drawn = self.sample_dropbits(weight.float(), self.alpha.float()) \
+            if self.dropbits_active() else None
+
     def forward(self, x: Tensor) -> Tensor:
         self.check_ready()
         grid = self.grid
@@ -276,19 +334,19 @@ class SRQQuantizer(Quantizer):
         dtype = x.dtype
         x = x.float()
         alpha, sigma = self.alpha.float(), self.sigma.float()
-        if self.training and self.drop_variant and self.drop_rate > 0 and grid.bits > 2:
-            return self._forward_dropbits(x, alpha, sigma, grid).to(dtype)
+        if self.training:
+            sample = self.drawn
+            if sample is None and self.dropbits_active():
+                sample = self.sample_dropbits(x, alpha)
+            if sample is not None:
+                return self._forward_dropbits(x, alpha, sigma, grid, sample).to(dtype)
         return srq_quantize(x, alpha, sigma, grid.kmin, grid.kmax, window=self.edge_window(),
                             pi_mode=self.pi_mode).to(dtype)
 
-    def _forward_dropbits(self, x: Tensor, alpha: Tensor, sigma: Tensor, grid: IntGrid) -> Tensor:
-        gen, dev = self.generator, x.device
-        if self.drop_variant == "mask":
-            reach = db.mask_reach(self.sigma_ratio_max())
-            sample = db.sample_mask((x / alpha).detach(), grid, self.drop_rate, gen, reach)
+    def _forward_dropbits(self, x: Tensor, alpha: Tensor, sigma: Tensor, grid: IntGrid,
+                          sample: db.DropBitsSample) -> Tensor:
+        if sample.survivors is not None:  # the mask variant
             return db.masked_grid_quantize(x, alpha, sigma, grid, sample.survivors, self.pi_mode)
-        sampler = db.sample_top if self.drop_variant == "top" else db.sample_lsb
-        sample = sampler(x.shape, grid, self.drop_rate, gen, dev)
         if sample.factor is None:
             return srq_quantize(x, alpha, sigma, sample.kmin, sample.kmax, window=self.edge_window(),
                                 pi_mode=self.pi_mode)

@@ -209,6 +209,8 @@ class Job:
         steps_per_epoch = len(self.train_loader)
         optimizer, scheduler = build_optimizer(model, self.recipe.train, lr, epochs * steps_per_epoch)
         trainee = distributed.wrap(model, self.device)
+        if self.recipe.train.compile:  # one graph (docs/method-decisions.md); eval stays eager
+            trainee = torch.compile(trainee)
         history: list[EpochRecord] = []
         start_epoch, progress = 0, None
         if resume_state is not None:
@@ -547,7 +549,9 @@ def _run(recipe: Recipe, out: Path, resume: bool, trust_pickle: bool, console: C
             model.load_state_dict(state["model"])
             torch.set_rng_state(state["torch_rng"])
         model.to(job.device)
-        schedule = DropBitsSchedule.attach(model, recipe.dropbits, recipe.train.seed)
+        # A compiled model cannot draw from the DropBits generator: the schedule draws ahead.
+        schedule = DropBitsSchedule.attach(model, recipe.dropbits, recipe.train.seed,
+                                           draw_ahead=recipe.train.compile)
         if schedule and state is not None and state["dropbits_rng"] is not None:
             schedule.generator.set_state(state["dropbits_rng"])
 
