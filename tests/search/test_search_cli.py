@@ -74,14 +74,15 @@ def test_search_bits_cli_then_quantize_accepts_the_allocation(tmp_path, float_ck
     q = tmp_path / "ft"  # (a) of the benchmark: fine-tune from the searched weights
     res = runner.invoke(app, ["quantize", "lenet5", "--data", "example", "-c", str(out / "searched.safetensors"),
                               "--bit-config", str(out / "bits.toml"), "--act-bits", "4", "--no-dropbits",
-                              "--epochs", "0", "--batch-size", "128", "--out", str(q), "--quiet"])
+                              "--no-snap-biases", "--epochs", "0", "--batch-size", "128", "--out", str(q),
+                              "--quiet"])
     assert res.exit_code == 0, res.output
     metrics = json.loads((q / "metrics.json").read_text())
     assert {p["name"]: p["weight_bits"] for p in metrics["plan"]} == summary["allocation"]
     assert metrics["sizes"]["avg_weight_bits"] == pytest.approx(summary["achieved"])
     # The searched network is the start: its steps and BatchNorm statistics are kept, not
-    # re-calibrated (0 epochs and no DropBits, so no BatchNorm re-estimation either: the
-    # fine-tuned model is the searched one, bit for bit).
+    # re-calibrated (0 epochs and no DropBits, so no BatchNorm re-estimation either, and no
+    # bias snap: the fine-tuned model is the searched one, bit for bit).
     searched = load_file(str(out / "searched.safetensors"))
     tuned = load_file(str(q / "model.safetensors"))
     assert any(".weight_quant." in k for k in searched)
