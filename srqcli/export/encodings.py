@@ -53,8 +53,7 @@ class FrozenLayer:
     # deploy view
     scale: Tensor = field(default_factory=lambda: torch.empty(0))  # float32 (C_out,)
     deploy_codes: Tensor = field(default_factory=lambda: torch.empty(0))  # int16, flipped channels
-    deploy_bias: Tensor | None = None  # float32 (C_out,), None when no bias and no BN
-    folded_bias: Tensor | None = None  # the same in float64, before storage (srqcli.deploy.snap)
+    folded_bias: Tensor | None = None  # float64 (C_out,), None when no bias and no BN
     flipped: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.bool))  # (C_out,)
     negative_scale_channels: list[int] = field(default_factory=list)  # the int8 −128 edge case
     # layer geometry
@@ -62,6 +61,11 @@ class FrozenLayer:
     padding: tuple[int, ...] = (0, 0)
     dilation: tuple[int, ...] = (1, 1)
     groups: int = 1
+
+    @property
+    def deploy_bias(self) -> Tensor | None:
+        """The folded bias as the file stores it (float32); the snap reads the float64 one."""
+        return self.folded_bias.float() if self.folded_bias is not None else None
 
     @property
     def signed_scale(self) -> Tensor:
@@ -144,7 +148,6 @@ def freeze_layer(name: str, layer: QuantConv2d | QuantLinear, bn: tuple[str, nn.
     frozen.scale = scale.float()
     frozen.deploy_codes = deploy
     frozen.folded_bias = bias
-    frozen.deploy_bias = bias.float() if bias is not None else None
     frozen.flipped = flipped
     frozen.negative_scale_channels = negative
     return frozen
